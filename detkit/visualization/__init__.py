@@ -1,0 +1,1 @@
+"""Drawing detections and plotting curves."""
