@@ -1,0 +1,266 @@
+"""Checkpoints: atomic writes, ``weights_only`` loading, RNG capture, and rebuilding a model.
+
+A detkit checkpoint is a dict of tensors and plain containers only, so it loads with
+``torch.load(..., weights_only=True)`` (no arbitrary pickled code runs when a file is opened)::
+
+    format      "detkit-checkpoint"        version  1
+    model       model state dict           optimizer / scheduler / scaler   state dicts (or None)
+    rng         {"python": [...], "numpy": {...}, "torch": ByteTensor, "cuda": [ByteTensor, ...]}
+    iteration   optimiser steps done       epoch / position   sampler epoch and batches consumed in it
+    config      the resolved run config (plain dict)    class_names, category_ids   of the data
+    metrics     last evaluation results (plain dict, may be empty)
+
+Writes are atomic (temp file in the same folder, ``fsync``, ``os.replace``): a crash mid-write
+leaves the previous ``last.pt`` intact, never a half-written file in its place.
+"""
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+FORMAT = "detkit-checkpoint"
+VERSION = 1
+LAST = "last.pt"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, corrupt, truncated, not a detkit checkpoint, or does not fit."""
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` to ``path`` atomically: temp file in the same folder, fsync, ``os.replace``.
+
+    ``os.replace`` is atomic within one file system, hence the temp file sits beside the target.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file normal permissions
+        os.replace(tmp, path)
+    except BaseException:
+        # Any failure (including KeyboardInterrupt) removes the partial temp file; the old
+        # checkpoint was never touched.
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    try:  # make the rename itself durable (POSIX; not possible on every platform)
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load a detkit checkpoint with ``weights_only=True`` onto the CPU.
+
+    Raises:
+        CheckpointError: the file is missing, truncated/corrupt, or not a detkit checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - garbage bytes reach the unpickler as any error (KeyError, ...)
+        msg = f"{type(e).__name__}: {str(e).splitlines()[0]}" if str(e) else type(e).__name__
+        raise CheckpointError(f"{path}: cannot read checkpoint (corrupt or truncated file?): {msg}") from e
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a detkit checkpoint (missing format marker {FORMAT!r})")
+    if int(ckpt.get("version", -1)) > VERSION:
+        raise CheckpointError(f"{path}: checkpoint version {ckpt.get('version')} is newer than this detkit ({VERSION})")
+    for key in ("model", "iteration"):
+        if key not in ckpt:
+            raise CheckpointError(f"{path}: checkpoint has no {key!r} entry")
+    return ckpt
+
+
+# ----------------------------------------------------------------------------- RNG states
+def capture_rng_state() -> dict[str, Any]:
+    """All global RNG states as tensors/lists (``weights_only``-loadable)."""
+    py = random.getstate()
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": [py[0], list(py[1]), py[2]],
+        "numpy": {
+            "key": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = [s.cpu() for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of ``capture_rng_state``."""
+    py = state["python"]
+    random.setstate((int(py[0]), tuple(int(v) for v in py[1]), py[2]))
+    n = state["numpy"]
+    np.random.set_state(
+        ("MT19937", n["key"].numpy().astype(np.uint32), int(n["pos"]), int(n["has_gauss"]), float(n["cached_gaussian"]))
+    )
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        cuda = state["cuda"]
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+
+
+# ----------------------------------------------------------------------------- save / load
+class CheckpointManager:
+    """Writes ``run_dir/last.pt`` (and, with ``keep_every``, ``model_<iteration>.pt`` copies).
+
+    Args:
+        run_dir: folder of the run.
+        keep_every: also keep a permanent copy every this many iterations (0: only ``last.pt``).
+    """
+
+    def __init__(self, run_dir: str | os.PathLike, *, keep_every: int = 0):
+        self.run_dir = Path(run_dir)
+        self.keep_every = int(keep_every)
+
+    @property
+    def last(self) -> Path:
+        return self.run_dir / LAST
+
+    def save(self, state: dict[str, Any]) -> Path:
+        """Atomically write ``state`` (built by ``make_state``) to ``last.pt`` (+ periodic copy)."""
+        path = atomic_torch_save(state, self.last)
+        it = int(state["iteration"])
+        if self.keep_every > 0 and it % self.keep_every == 0:
+            atomic_torch_save(state, self.run_dir / f"model_{it:07d}.pt")
+        return path
+
+    def exists(self) -> bool:
+        return self.last.is_file()
+
+
+def make_state(
+    *,
+    model: nn.Module,
+    iteration: int,
+    epoch: int = 0,
+    position: int = 0,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any = None,
+    scaler: Any = None,
+    config: dict[str, Any] | None = None,
+    class_names: list[str] | None = None,
+    category_ids: list[int] | None = None,
+    metrics: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Assemble a checkpoint dict (module docstring). ``model`` may be DDP-wrapped."""
+    model = getattr(model, "module", model)
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "rng": capture_rng_state(),
+        "iteration": int(iteration),
+        "epoch": int(epoch),
+        "position": int(position),
+        "config": config or {},
+        "class_names": list(class_names or []),
+        "category_ids": [int(c) for c in (category_ids or [])],
+        "metrics": metrics or {},
+    }
+
+
+def load_model_weights(model: nn.Module, state_dict: dict[str, Any], *, source: str = "checkpoint") -> None:
+    """``load_state_dict(strict=True)`` with a clear error listing what does not fit."""
+    model = getattr(model, "module", model)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    wrong = sorted(
+        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in set(own) & set(state_dict)
+        if tuple(own[k].shape) != tuple(state_dict[k].shape)
+    )
+    if missing or unexpected or wrong:
+        def show(items: list[str]) -> str:
+            return ", ".join(items[:5]) + (f" (+{len(items) - 5} more)" if len(items) > 5 else "")
+        parts = []
+        if wrong:
+            parts.append(f"shape mismatch: {show(wrong)}")
+        if missing:
+            parts.append(f"missing in checkpoint: {show(missing)}")
+        if unexpected:
+            parts.append(f"not in model: {show(unexpected)}")
+        raise CheckpointError(f"{source}: weights do not fit the model built from its config; " + "; ".join(parts))
+    model.load_state_dict(state_dict, strict=True)
+
+
+def build_model(config: dict[str, Any], num_classes: int) -> nn.Module:
+    """Build the detector a run config describes: ``method.model`` with ``backbone`` and ``num_classes``.
+
+    The config layout (configs/train.yaml) keeps the detector's keyword arguments under
+    ``method.model`` (with ``_target_``) and the backbone's under ``backbone``; the class count
+    comes from the data, so the same method config serves every data set.
+    """
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    cfg = config if isinstance(config, dict) else OmegaConf.to_container(config, resolve=True)
+    for key in ("method", "backbone"):
+        if not isinstance(cfg.get(key), dict):
+            raise CheckpointError(f"config has no {key!r} section; cannot build the model")
+    model_cfg = cfg["method"].get("model")
+    if not isinstance(model_cfg, dict) or "_target_" not in model_cfg:
+        raise CheckpointError("config.method has no 'model' with a '_target_' (see configs/method/*.yaml)")
+    # The backbone node also describes the whole classification network under `classifier`
+    # (configs/backbone/*.yaml); detection uses the node without it.
+    backbone_cfg = {k: v for k, v in cfg["backbone"].items() if k != "classifier"}
+    try:
+        backbone = instantiate(backbone_cfg)
+        return instantiate(model_cfg, backbone=backbone, num_classes=int(num_classes))
+    except InstantiationException as e:
+        msg = str(e).split(", set env var HYDRA_FULL_ERROR")[0]
+        cause = f" ({type(e.__cause__).__name__}: {e.__cause__})" if e.__cause__ is not None else ""
+        raise CheckpointError(f"cannot build the model from the config: {msg}{cause}") from e
+
+
+def model_from_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the detector from the config stored in a checkpoint and load its weights.
+
+    Returns ``(model in eval mode on the CPU, checkpoint dict)``.
+    """
+    ckpt = load_checkpoint(path)
+    names = ckpt.get("class_names") or []
+    if not names:
+        raise CheckpointError(f"{path}: checkpoint stores no class names")
+    if not ckpt.get("config"):
+        raise CheckpointError(f"{path}: checkpoint stores no config; cannot rebuild the model")
+    try:
+        model = build_model(ckpt["config"], len(names))
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from e
+    load_model_weights(model, ckpt["model"], source=str(path))
+    return model.eval(), ckpt

@@ -1,0 +1,124 @@
+"""SGD and the learning-rate schedule of the Fast/Faster R-CNN papers (DESIGN.md §4).
+
+SGD with momentum 0.9 and weight decay 5e-4 (optionally none on normalisation weights and
+biases). The schedule is a multiplier ``f(t)`` of the base learning rate at iteration ``t``
+(optimiser steps already taken)::
+
+    warm-up (t < warmup_iters):   f = w + (1 - w) * t / warmup_iters      ("linear warm-up", w = warmup_factor)
+    step:                         f = gamma ** (number of milestones <= t)
+    cosine:                       f = min_factor + (1 - min_factor) * (1 + cos(pi * t / max_iters)) / 2
+
+and during warm-up the two multiply. It runs as one ``LambdaLR`` stepped once per iteration, so
+its whole state is ``last_epoch`` (= t) and resumes exactly from a checkpoint.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+_NORM_TYPES = (
+    nn.modules.batchnorm._BatchNorm,
+    nn.GroupNorm,
+    nn.LayerNorm,
+    nn.LocalResponseNorm,
+    nn.modules.instancenorm._InstanceNorm,
+)
+
+
+def param_groups(model: nn.Module, *, weight_decay: float, no_decay_norm_bias: bool) -> list[dict]:
+    """Trainable parameters in one group, or two (decayed / not) with ``no_decay_norm_bias``.
+
+    Frozen parameters (``requires_grad=False``: frozen stages) are left out of the optimiser.
+    """
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters (every stage frozen?)")
+    if not no_decay_norm_bias:
+        return [{"params": [p for _, p in params], "weight_decay": weight_decay}]
+    norm_params = {id(p) for m in model.modules() if isinstance(m, _NORM_TYPES) for p in m.parameters(recurse=False)}
+    decay, no_decay = [], []
+    for name, p in params:
+        (no_decay if id(p) in norm_params or name.endswith(".bias") else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+def build_optimizer(
+    model: nn.Module,
+    *,
+    lr: float,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+    no_decay_norm_bias: bool = False,
+    nesterov: bool = False,
+) -> torch.optim.SGD:
+    """SGD over the model's trainable parameters (papers: momentum 0.9, weight decay 5e-4)."""
+    if lr <= 0:
+        raise ValueError(f"lr must be positive, got {lr}")
+    groups = param_groups(model, weight_decay=weight_decay, no_decay_norm_bias=no_decay_norm_bias)
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
+
+
+class WarmupSchedule:
+    """The multiplier ``f(t)`` of the module docstring; a picklable callable for ``LambdaLR``.
+
+    Args:
+        max_iters: length of the run (the cosine period).
+        schedule: ``"step"``, ``"cosine"`` or ``"constant"``.
+        milestones: iterations where the step schedule multiplies by ``gamma``.
+        gamma: step factor.
+        warmup_iters: linear warm-up length (0: none).
+        warmup_factor: multiplier ``w`` at ``t = 0``.
+        min_factor: the cosine schedule's final multiplier.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_iters: int,
+        schedule: str = "step",
+        milestones: Sequence[int] = (),
+        gamma: float = 0.1,
+        warmup_iters: int = 0,
+        warmup_factor: float = 0.001,
+        min_factor: float = 0.0,
+    ):
+        if schedule not in ("step", "cosine", "constant"):
+            raise ValueError(f"unknown schedule {schedule!r}; choose one of 'step', 'cosine', 'constant'")
+        if max_iters <= 0:
+            raise ValueError(f"max_iters must be positive, got {max_iters}")
+        ms = [int(m) for m in milestones]
+        if ms != sorted(ms):
+            raise ValueError(f"milestones must be increasing, got {ms}")
+        if warmup_iters < 0 or not 0.0 <= warmup_factor <= 1.0:
+            raise ValueError(f"need warmup_iters >= 0 and 0 <= warmup_factor <= 1, got {warmup_iters}, {warmup_factor}")
+        self.max_iters = int(max_iters)
+        self.schedule = schedule
+        self.milestones = ms
+        self.gamma = float(gamma)
+        self.warmup_iters = int(warmup_iters)
+        self.warmup_factor = float(warmup_factor)
+        self.min_factor = float(min_factor)
+
+    def __call__(self, t: int) -> float:
+        if self.schedule == "step":
+            f = self.gamma ** sum(1 for m in self.milestones if m <= t)
+        elif self.schedule == "cosine":
+            frac = min(t, self.max_iters) / self.max_iters
+            f = self.min_factor + (1.0 - self.min_factor) * 0.5 * (1.0 + math.cos(math.pi * frac))
+        else:
+            f = 1.0
+        if t < self.warmup_iters:
+            a = t / self.warmup_iters
+            f *= self.warmup_factor * (1.0 - a) + a
+        return f
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, **kwargs) -> torch.optim.lr_scheduler.LambdaLR:
+    """``LambdaLR(optimizer, WarmupSchedule(**kwargs))``; call ``.step()`` once per iteration."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupSchedule(**kwargs))

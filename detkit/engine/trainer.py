@@ -1,0 +1,441 @@
+"""The training loop: iteration-based SGD with exact resume, AMP, DDP, checkpoints and evaluation.
+
+Time is counted in **iterations** (optimiser steps, ``max_iters``); epochs are passes over the
+batch sampler. The state that makes a resumed run continue *exactly* is::
+
+    iteration   steps done          epoch, position   sampler epoch and batches consumed in it
+    model / optimizer / scheduler / GradScaler state  and the global RNG states
+
+Data order: epoch ``e``'s batches are a function of ``(seed, e)`` (``build_batch_sampler``); a
+resumed run rebuilds that list and drops the first ``position`` batches **without loading their
+images**. Augmentation: each sample's random draws (albumentations, ``random``, numpy, torch) are
+seeded from ``(seed, epoch, index)``, so they do not depend on which worker loads the sample or
+on where a run was interrupted. The loaders get their own ``torch.Generator`` so creating one
+never consumes the global RNG that the model's own sampling (RPN/RoI minibatches) draws from.
+
+Numerical faults: a non-finite loss (on any rank) raises ``NonFiniteLossError`` before the
+backward pass, leaving ``last.pt`` as the last good checkpoint, or, with ``skip_nonfinite``,
+skips that step. Weights are checked finite before every checkpoint write.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import random
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from detkit.engine import distributed as ddp
+from detkit.engine.checkpoint import CheckpointManager, load_checkpoint, load_model_weights, make_state, restore_rng_state
+from detkit.engine.evaluator import autocast_context, predict, score_detections
+from detkit.engine.optim import build_optimizer, build_scheduler
+
+log = logging.getLogger("detkit.train")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training met a NaN/inf loss or weights; the last good checkpoint was kept."""
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A 63-bit seed for one sample's augmentation, a function of ``(seed, epoch, index)`` only."""
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+class SeededSamples(Dataset):
+    """Wraps a dataset so that ``ds[(index, seed)]`` is ``dataset[index]`` drawn with that seed.
+
+    Global RNGs are restored afterwards: loading in the main process never disturbs the model's
+    random stream. The transforms' own albumentations generators are reseeded through
+    ``set_random_seed`` when the dataset's ``transforms`` (or its ``.compose``) has it.
+    """
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+        t = getattr(dataset, "transforms", None)
+        t = getattr(t, "compose", t)
+        self._reseed = getattr(t, "set_random_seed", None)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]):
+        index, seed = key
+        py, npst = random.getstate(), np.random.get_state()
+        with torch.random.fork_rng(devices=[]):
+            random.seed(seed)
+            np.random.seed(seed % 2**32)
+            torch.manual_seed(seed)
+            if self._reseed is not None:
+                self._reseed(seed % 2**32)
+            try:
+                return self.dataset[index]
+            finally:
+                random.setstate(py)
+                np.random.set_state(npst)
+
+
+def _to_device(targets: list[dict[str, Any]], device: torch.device) -> list[dict[str, Any]]:
+    return [{k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
+
+
+def _weights_finite(model: nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+class Trainer:
+    """Train a detector (the detector contract of common.md) on a ``DetectionDataset``.
+
+    Args:
+        model: the detector; train mode returns ``dict[str, Tensor]`` of scalar losses.
+        train_dataset: yields ``(image (3, H, W) uint8, target)``; ``aspect_ratios()`` for grouping.
+        run_dir: where ``last.pt``, ``tb/`` (TensorBoard) and results go.
+        max_iters: optimiser steps in the whole run.
+        batch_size: images per step **per process** (global batch = ``batch_size * world_size``).
+        lr, momentum, weight_decay, no_decay_norm_bias: SGD (``detkit.engine.optim``).
+        schedule, milestones, gamma, warmup_iters, warmup_factor, min_lr_factor: the LR schedule.
+        clip_grad_norm: clip the gradients' global L2 norm to this (``None``: no clipping).
+        amp: ``"none"``, ``"bf16"`` or ``"fp16"`` (fp16 uses a ``GradScaler``).
+        channels_last: feed images in channels-last memory format (faster convs on GPUs).
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ...
+        seed: data-order and augmentation seed.
+        num_workers: data-loading processes per training process.
+        checkpoint_every: write ``last.pt`` every this many iterations (0: only at the end).
+        keep_every: also keep ``model_<it>.pt`` every this many iterations (0: never).
+        eval_every, val_dataset, val_data: evaluate ``val_dataset`` (scored against the
+            ``DetectionData`` ``val_data``) every this many iterations and log its mAP.
+        skip_nonfinite: skip steps whose loss is NaN/inf instead of stopping.
+        config, class_names, category_ids: stored in each checkpoint (rebuilding the model later).
+    """
+
+    def __init__(
+        self, *, model: nn.Module, train_dataset, run_dir: str | Path, max_iters: int, batch_size: int = 2,
+        lr: float = 0.001, momentum: float = 0.9, weight_decay: float = 5e-4, no_decay_norm_bias: bool = False,
+        schedule: str = "step", milestones: Sequence[int] = (), gamma: float = 0.1, warmup_iters: int = 0,
+        warmup_factor: float = 0.001, min_lr_factor: float = 0.0, clip_grad_norm: float | None = None,
+        amp: str = "none", channels_last: bool = False, device: str | torch.device = "auto", seed: int = 0,
+        num_workers: int = 0, group_by_aspect_ratio: bool = True, size_divisible: int = 32,
+        checkpoint_every: int = 0, keep_every: int = 0, eval_every: int = 0, val_dataset=None, val_data=None,
+        eval_batch_size: int | None = None, log_every: int = 10, skip_nonfinite: bool = False,
+        config: dict | None = None, class_names: Sequence[str] | None = None,
+        category_ids: Sequence[int] | None = None, progress: bool = True, tensorboard: bool = True,
+        find_unused_parameters: bool = False,
+    ):
+        from detkit.data.sampler import build_batch_sampler
+
+        if max_iters <= 0:
+            raise ValueError(f"max_iters must be positive, got {max_iters}")
+        if amp not in ("none", "bf16", "fp16"):
+            raise ValueError(f"amp must be one of 'none', 'bf16', 'fp16', got {amp!r}")
+        if len(train_dataset) == 0:
+            raise ValueError("the training set is empty")
+        self.device = device if isinstance(device, torch.device) else ddp.resolve_device(device)
+        ddp.init_distributed(self.device)
+        self.run_dir = Path(run_dir)
+        self.max_iters, self.batch_size, self.seed = int(max_iters), int(batch_size), int(seed)
+        self.amp, self.channels_last, self.clip_grad_norm = amp, channels_last, clip_grad_norm
+        self.num_workers, self.size_divisible, self.log_every = num_workers, size_divisible, max(1, log_every)
+        self.checkpoint_every, self.eval_every, self.skip_nonfinite = checkpoint_every, eval_every, skip_nonfinite
+        self.val_dataset, self.val_data = val_dataset, val_data
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.config, self.progress, self.tensorboard = config or {}, progress, tensorboard
+        self.class_names, self.category_ids = list(class_names or []), list(category_ids or [])
+        self.train_dataset = train_dataset
+        self.sampler = build_batch_sampler(
+            train_dataset, batch_size=batch_size, shuffle=True, seed=seed, group_by_aspect_ratio=group_by_aspect_ratio,
+            drop_last=False, rank=ddp.get_rank(), world_size=ddp.get_world_size(),
+        )
+        model.to(self.device)
+        if channels_last:
+            model.to(memory_format=torch.channels_last)
+        self.net = model
+        self.optimizer = build_optimizer(model, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                                         no_decay_norm_bias=no_decay_norm_bias)
+        self.scheduler = build_scheduler(self.optimizer, max_iters=max_iters, schedule=schedule, milestones=milestones,
+                                         gamma=gamma, warmup_iters=warmup_iters, warmup_factor=warmup_factor,
+                                         min_factor=min_lr_factor)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=amp == "fp16")
+        self.model = ddp.wrap_ddp(model, self.device, find_unused_parameters=find_unused_parameters)
+        self.ckpt = CheckpointManager(self.run_dir, keep_every=keep_every)
+        self.iteration, self.epoch, self.position, self.skipped = 0, 0, 0, 0
+        self._saved_at = -1  # iteration of the last checkpoint written or loaded
+        self.metrics: dict[str, Any] = {}
+        self.history: list[dict[str, float]] = []  # per-iteration losses (for tests and summaries)
+
+    # ------------------------------------------------------------------ state
+    def state(self) -> dict[str, Any]:
+        return make_state(model=self.net, iteration=self.iteration, epoch=self.epoch, position=self.position,
+                          optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler, config=self.config,
+                          class_names=self.class_names, category_ids=self.category_ids, metrics=self.metrics)
+
+    def save(self) -> Path | None:
+        """Write ``last.pt`` on the main process (weights checked finite first)."""
+        if not _weights_finite(self.net):
+            raise NonFiniteLossError(
+                f"weights became non-finite by iteration {self.iteration}; not overwriting {self.ckpt.last} "
+                "(the last good checkpoint is kept); lower the learning rate or enable gradient clipping")
+        path = self.ckpt.save(self.state()) if ddp.is_main() else None
+        self._saved_at = self.iteration
+        ddp.barrier()
+        return path
+
+    def load(self, path: str | Path) -> None:
+        """Restore everything ``state()`` holds (module docstring)."""
+        ckpt = load_checkpoint(path)
+        load_model_weights(self.net, ckpt["model"], source=str(path))
+        for name, obj in (("optimizer", self.optimizer), ("scheduler", self.scheduler), ("scaler", self.scaler)):
+            if ckpt.get(name) is not None:
+                obj.load_state_dict(ckpt[name])
+        self.iteration, self.epoch, self.position = int(ckpt["iteration"]), int(ckpt["epoch"]), int(ckpt["position"])
+        self.metrics = dict(ckpt.get("metrics") or {})
+        self._saved_at = self.iteration
+        if "rng" in ckpt:
+            restore_rng_state(ckpt["rng"])
+
+    # ------------------------------------------------------------------ data
+    def _epoch_batches(self, epoch: int) -> list[list[int]]:
+        self.sampler.set_epoch(epoch)
+        return [list(b) for b in self.sampler]
+
+    def _loader(self, batches: list[list[int]], epoch: int) -> DataLoader:
+        from detkit.data.dataset import collate_detections
+
+        keyed = [[(i, sample_seed(self.seed, epoch, i)) for i in b] for b in batches]
+        return DataLoader(
+            SeededSamples(self.train_dataset), batch_sampler=keyed, num_workers=self.num_workers,
+            collate_fn=functools.partial(collate_detections, size_divisible=self.size_divisible),
+            pin_memory=self.device.type == "cuda", persistent_workers=False,
+            generator=torch.Generator().manual_seed(self.seed + epoch),
+        )
+
+    # ------------------------------------------------------------------ loop
+    def _step(self, batch, targets) -> dict[str, float] | None:
+        batch = batch.to(self.device, non_blocking=True)
+        if self.channels_last:
+            batch.tensor = batch.tensor.contiguous(memory_format=torch.channels_last)
+        targets = _to_device(targets, self.device)
+        with autocast_context(self.device, self.amp):
+            losses = self.model(batch, targets)
+        if not isinstance(losses, dict) or not losses:
+            raise TypeError(f"in train mode the model must return a dict of losses, got {type(losses).__name__}")
+        total = sum(v.float() for v in losses.values())
+        values = {k: float(v.detach().float()) for k, v in losses.items()}
+        values["loss"] = float(total.detach())
+        if ddp.all_reduce_max(0.0 if math.isfinite(values["loss"]) else 1.0, self.device) > 0:
+            self.optimizer.zero_grad(set_to_none=True)
+            terms = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
+            if not self.skip_nonfinite:
+                kept = self.ckpt.last if self.ckpt.exists() else "none written yet"
+                raise NonFiniteLossError(
+                    f"non-finite loss at iteration {self.iteration + 1} ({terms}); training stopped, last good "
+                    f"checkpoint kept: {kept}. Lower the learning rate, enable clip_grad_norm, or set "
+                    "skip_nonfinite=true to skip such steps")
+            self.skipped += 1
+            log.warning("skipping step %d: non-finite loss (%s)", self.iteration + 1, terms)
+            return None
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(total).backward()
+        if self.clip_grad_norm:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.clip_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return values
+
+    def evaluate(self) -> dict[str, Any]:
+        """mAP of ``val_dataset`` (all ranks predict; scores identical everywhere)."""
+        dets = predict(self.model, self.val_dataset, device=self.device, batch_size=self.eval_batch_size,
+                       amp=self.amp, channels_last=self.channels_last, size_divisible=self.size_divisible,
+                       progress=self.progress, desc=f"val @{self.iteration}")
+        return score_detections(dets, self.val_data, coco=False)
+
+    def fit(self, *, resume: bool = False) -> dict[str, Any]:
+        """Train to ``max_iters`` (continuing from ``last.pt`` with ``resume``); returns a summary."""
+        if resume and self.ckpt.exists():
+            self.load(self.ckpt.last)
+            log.info("resumed from %s at iteration %d (epoch %d, batch %d)", self.ckpt.last, self.iteration,
+                     self.epoch, self.position)
+        elif resume:
+            log.info("resume requested but %s does not exist: starting from scratch", self.ckpt.last)
+        main = ddp.is_main()
+        writer = None
+        if main and self.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+            writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.iteration + 1)
+        imgs_per_step = self.batch_size * ddp.get_world_size()
+        bar = tqdm(total=self.max_iters, initial=self.iteration, desc="train", unit="it", dynamic_ncols=True,
+                   disable=not (self.progress and main))
+        start_iter, t_last, rate = self.iteration, time.perf_counter(), None
+        self.net.train()
+        try:
+            while self.iteration < self.max_iters:
+                batches = self._epoch_batches(self.epoch)
+                if self.position >= len(batches):  # the previous run stopped at the end of an epoch
+                    self.epoch, self.position = self.epoch + 1, 0
+                    continue
+                for batch, targets in self._loader(batches[self.position:], self.epoch):
+                    values = self._step(batch, targets)
+                    self.scheduler.step()
+                    self.iteration += 1
+                    self.position += 1
+                    now = time.perf_counter()
+                    inst = imgs_per_step / max(now - t_last, 1e-9)
+                    rate, t_last = inst if rate is None else 0.9 * rate + 0.1 * inst, now
+                    lr = self.optimizer.param_groups[0]["lr"]
+                    if values is not None:
+                        self.history.append(values)
+                        if self.iteration % self.log_every == 0 or self.iteration == start_iter + 1:
+                            shown = ddp.all_reduce_mean(values, self.device)
+                            bar.set_postfix({**{k: f"{v:.3f}" for k, v in shown.items()}, "lr": f"{lr:.2e}",
+                                             "img/s": f"{rate:.1f}"}, refresh=False)
+                            if writer is not None:
+                                for k, v in shown.items():
+                                    writer.add_scalar(f"train/{k}", v, self.iteration)
+                                writer.add_scalar("train/lr", lr, self.iteration)
+                                writer.add_scalar("train/img_per_s", rate, self.iteration)
+                    bar.update(1)
+                    if self.eval_every and self.val_dataset is not None and self.iteration % self.eval_every == 0:
+                        self._log_eval(writer)
+                    if self.checkpoint_every and self.iteration % self.checkpoint_every == 0:
+                        self.save()
+                    if self.iteration >= self.max_iters:
+                        break
+                else:
+                    self.epoch, self.position = self.epoch + 1, 0
+            if self._saved_at != self.iteration:
+                self.save()
+        finally:
+            bar.close()
+            if writer is not None:
+                writer.close()
+        return {"iteration": self.iteration, "epoch": self.epoch, "skipped_steps": self.skipped,
+                "checkpoint": str(self.ckpt.last), "metrics": self.metrics}
+
+    def _log_eval(self, writer) -> None:
+        scores = self.evaluate()
+        self.metrics = {"iteration": self.iteration, "val": scores}
+        m07, m12 = scores["voc07"]["mAP"], scores["voc12"]["mAP"]
+        if ddp.is_main():
+            tqdm.write(f"[iter {self.iteration}] val mAP VOC07 {m07} / VOC12 {m12}")
+            if writer is not None:
+                writer.add_scalar("val/mAP_voc07", m07 if m07 is not None else float("nan"), self.iteration)
+                writer.add_scalar("val/mAP_voc12", m12 if m12 is not None else float("nan"), self.iteration)
+
+
+# ---------------------------------------------------------------------- from a Hydra config
+def resolve_root(root: str | Path) -> Path:
+    """A data root as given; a relative path is tried against the cwd, then the repository."""
+    p = Path(root).expanduser()
+    if p.is_absolute() or p.exists():
+        return p
+    repo = Path(__file__).resolve().parents[2]
+    return repo / p if (repo / p).exists() else p
+
+
+def load_split(data_cfg: dict, split: str, class_names: Sequence[str] | None = None):
+    """The ``DetectionData`` of ``data_cfg[split]`` (``{roots, splits, ...}`` VOC or
+    ``{annotation_file, image_root, ...}`` COCO, extra keys passed to the loader), or ``None``."""
+    spec = data_cfg.get(split)
+    if not spec:
+        return None
+    spec = dict(spec)
+    name = f"{data_cfg.get('name', 'data')}/{split}"
+    names = class_names or data_cfg.get("class_names") or None
+    fmt = data_cfg.get("format", "voc")
+    if fmt == "voc":
+        from detkit.data.voc import load_voc
+        roots = [resolve_root(r) for r in spec.pop("roots")]
+        return load_voc(roots, spec.pop("splits", split), names, name=name, **spec)
+    if fmt == "coco":
+        from detkit.data.coco import load_coco
+        return load_coco(resolve_root(spec.pop("annotation_file")), resolve_root(spec.pop("image_root")),
+                         class_names=names, name=name, **spec)
+    raise ValueError(f"data.format must be 'voc' or 'coco', got {fmt!r}")
+
+
+def prepare_data(data_cfg: dict) -> None:
+    """Generate a data set that builds itself (``data.generate``) when its root is absent."""
+    gen = data_cfg.get("generate")
+    if not gen:
+        return
+    root = Path(data_cfg["root"])
+    if ddp.is_main() and not (root / "Annotations").is_dir():
+        from detkit.data.synthetic import make_synthetic_voc
+        log.info("generating the %s data set into %s", data_cfg.get("name"), root)
+        make_synthetic_voc(root, **dict(gen))
+    ddp.barrier()
+
+
+def train_from_config(cfg) -> dict[str, Any]:
+    """Everything ``tools/train.py`` does: data, model, ``Trainer.fit``, final test evaluation.
+
+    ``cfg`` is the composed config of ``configs/train.yaml`` (a ``DictConfig`` or plain dict).
+    Writes ``run_dir/last.pt``, ``run_dir/metrics.json`` and ``run_dir/detections.json``.
+    """
+    from omegaconf import DictConfig, OmegaConf
+
+    from detkit.data.dataset import DetectionDataset
+    from detkit.data.transforms import build_transforms
+    from detkit.engine.checkpoint import build_model
+    from detkit.engine.evaluator import write_json
+    from detkit.evaluation.detections import save_detections
+
+    conf = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    device = ddp.resolve_device(conf.get("device", "auto"))
+    ddp.init_distributed(device)
+    seed, data_cfg, solver = int(conf.get("seed", 0)), conf["data"], dict(conf["solver"])
+    if conf.get("deterministic", False):
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.backends.cudnn.benchmark = True
+    if conf["method"].get("requires_proposals") and not data_cfg.get("proposals"):
+        raise ValueError(f"method {conf['method'].get('name')!r} trains on precomputed proposals, and the data "
+                         f"pipeline does not provide them yet (data.proposals is unset); use method=faster_rcnn")
+    prepare_data(data_cfg)
+    train_data = load_split(data_cfg, "train")
+    names, cat_ids = list(train_data.class_names), list(train_data.category_ids)
+    val_data = load_split(data_cfg, "val", names) if conf.get("eval_every") else None
+    tf = dict(data_cfg.get("transforms") or {})
+    test_tf = build_transforms(train=False, min_size=tf.get("min_size", 600), max_size=tf.get("max_size", 1000))
+    # The same seed on every rank: DDP starts from identical weights (it also broadcasts them).
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    model = build_model(conf, len(names))
+    run_dir = Path(conf["run_dir"])
+    trainer = Trainer(
+        model=model, train_dataset=DetectionDataset(train_data, build_transforms(train=True, **tf)), run_dir=run_dir,
+        device=device, seed=seed, config=conf, class_names=names, category_ids=cat_ids,
+        val_dataset=DetectionDataset(val_data, test_tf) if val_data is not None else None, val_data=val_data,
+        **{k: conf[k] for k in ("amp", "channels_last", "num_workers", "checkpoint_every", "keep_every",
+                                "eval_every", "log_every", "skip_nonfinite", "progress", "tensorboard",
+                                "find_unused_parameters") if k in conf},
+        **solver,
+    )
+    summary = trainer.fit(resume=bool(conf.get("resume", False)))
+    test_cfg = dict(conf.get("test") or {})
+    if test_cfg.get("enabled", True) and data_cfg.get("test"):
+        test_data = load_split(data_cfg, "test", names)
+        dets = predict(trainer.model, DetectionDataset(test_data, test_tf), device=device,
+                       batch_size=int(test_cfg.get("batch_size", 2)), amp=trainer.amp,
+                       channels_last=trainer.channels_last, progress=trainer.progress, desc="test")
+        if ddp.is_main():
+            scores = score_detections(dets, test_data, coco=bool(test_cfg.get("coco", True)))
+            summary["test"] = scores
+            save_detections(run_dir / "detections.json", dets, test_data)
+            write_json(run_dir / "metrics.json", {"data": test_data.name, "num_images": len(test_data),
+                                                  "iteration": trainer.iteration, **scores})
+            tqdm.write(f"test mAP: VOC07 {scores['voc07']['mAP']}  VOC12 {scores['voc12']['mAP']}  "
+                       f"-> {run_dir / 'metrics.json'}")
+    ddp.barrier()
+    return summary

@@ -1,0 +1,101 @@
+"""Fast R-CNN (Girshick 2015): given proposals, one trunk pass per image, RoI pooling, region head,
+softmax + class-specific box regression.
+
+Proposals come from outside (selective search or any boxes): ``model(batch, targets, proposals=...)``
+with one ``(P_i, 4)`` xyxy tensor per image in the batch's (resized) image pixel coordinates.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+from torch.nn.utils.rnn import pad_sequence
+
+from detkit.backbones.base import Backbone
+from detkit.data.batch import ImageBatch
+from detkit.methods.detector import TwoStageDetector
+from detkit.ops.box_coder import clip_boxes
+from detkit.roi_heads.box_predictor import FastRCNNPredictor
+from detkit.roi_heads.fast_rcnn import FastRCNNHead
+from detkit.roi_heads.roi_pool import RoIPool
+
+
+class FastRCNN(TwoStageDetector):
+    """Fast R-CNN detector: ``backbone`` trunk + ``roi_head`` on supplied proposals.
+
+    Args:
+        backbone, num_classes, train_on_difficult, channels_last: see :class:`TwoStageDetector`.
+        roi_head: a :class:`FastRCNNHead` built on ``backbone.region_head``.
+    """
+
+    def __init__(self, *, backbone: Backbone, roi_head: FastRCNNHead, num_classes: int,
+                 train_on_difficult: bool = True, channels_last: bool = False) -> None:
+        super().__init__(backbone=backbone, num_classes=num_classes,
+                         train_on_difficult=train_on_difficult, channels_last=channels_last)
+        if roi_head.num_classes != num_classes:
+            raise ValueError(f"fast_rcnn.py: roi_head predicts {roi_head.num_classes} classes, "
+                             f"num_classes is {num_classes}")
+        self.roi_head = roi_head
+        self._finish_init()
+
+    def forward(self, batch: ImageBatch, targets: list[dict] | None = None,
+                proposals: Sequence[Tensor] | None = None):
+        """Train: ``{"roi_cls", "roi_box"}``; eval: one ``{"boxes", "scores", "labels"}`` per image."""
+        if proposals is None:
+            raise ValueError("fast_rcnn.py: FastRCNN needs proposals: call model(batch, targets, "
+                             "proposals=[(P_i, 4) tensor per image, xyxy in resized-image pixels])")
+        images, image_hw = self.preprocess(batch)
+        props, valid = self.pad_proposals(proposals, image_hw)
+        features = self.backbone(images)
+        if self.training:
+            gt_boxes, gt_labels, gt_valid = self.prepare_targets(targets, len(batch))
+            return self.roi_head(features, props, valid, image_hw, gt_boxes, gt_labels, gt_valid)
+        return self.roi_head(features, props, valid, image_hw)
+
+    def pad_proposals(self, proposals: Sequence[Tensor], image_hw: Tensor) -> tuple[Tensor, Tensor]:
+        """List of ``(P_i, 4)`` -> clipped ``(N, P, 4)`` and ``valid`` ``(N, P)``."""
+        n = image_hw.shape[0]
+        if len(proposals) != n:
+            raise ValueError(f"fast_rcnn.py: {len(proposals)} proposal tensors for {n} images")
+        device = image_hw.device
+        boxes = []
+        for i, p in enumerate(proposals):
+            p = torch.as_tensor(p, dtype=torch.float32)
+            if p.dim() != 2 or p.shape[1] != 4:
+                if not (p.numel() == 0):
+                    raise ValueError(f"fast_rcnn.py: proposals for image {i} must be (P, 4), got {tuple(p.shape)}")
+                p = p.reshape(0, 4)
+            boxes.append(p.to(device, non_blocking=True))
+        lengths = torch.tensor([len(b) for b in boxes]).to(device, non_blocking=True)
+        padded = pad_sequence(boxes, batch_first=True).reshape(n, -1, 4)
+        valid = torch.arange(padded.shape[1], device=device)[None, :] < lengths[:, None]
+        return clip_boxes(padded, image_hw), valid
+
+
+def fast_rcnn_head(*, backbone: Backbone, num_classes: int, roi_pool_mode: str = "pool",
+                   **head_kwargs) -> FastRCNNHead:
+    """The Fast R-CNN RoI head for ``backbone``: RoI pooling at its ``roi_size`` / ``1 / stride``,
+    its region head, and a predictor on its ``head_channels``. ``head_kwargs`` go to
+    :class:`FastRCNNHead` (paper defaults there)."""
+    return FastRCNNHead(
+        roi_pool=RoIPool(output_size=backbone.roi_size, spatial_scale=1.0 / backbone.stride, mode=roi_pool_mode),
+        box_head=backbone.region_head,
+        predictor=FastRCNNPredictor(in_channels=backbone.head_channels, num_classes=num_classes),
+        **head_kwargs,
+    )
+
+
+def fast_rcnn(*, backbone: Backbone, num_classes: int, roi_pool_mode: str = "pool",
+              batch_size_per_image: int = 64, positive_fraction: float = 0.25,
+              fg_iou_thresh: float = 0.5, bg_iou_thresh_lo: float = 0.1,
+              score_thresh: float = 0.05, nms_thresh: float = 0.3, detections_per_img: int = 100,
+              train_on_difficult: bool = True, channels_last: bool = False) -> FastRCNN:
+    """Build Fast R-CNN with the paper's settings (DESIGN.md §4); a Hydra ``_target_``."""
+    head = fast_rcnn_head(backbone=backbone, num_classes=num_classes, roi_pool_mode=roi_pool_mode,
+                          batch_size_per_image=batch_size_per_image, positive_fraction=positive_fraction,
+                          fg_iou_thresh=fg_iou_thresh, bg_iou_thresh_lo=bg_iou_thresh_lo,
+                          score_thresh=score_thresh, nms_thresh=nms_thresh,
+                          detections_per_img=detections_per_img)
+    return FastRCNN(backbone=backbone, roi_head=head, num_classes=num_classes,
+                    train_on_difficult=train_on_difficult, channels_last=channels_last)

@@ -1,0 +1,1 @@
+"""Box-level building blocks shared by the detectors: ``box_coder``, ``matcher``, ``sampler``."""

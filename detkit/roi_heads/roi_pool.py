@@ -1,0 +1,74 @@
+"""RoI pooling (Fast R-CNN §2.1): each region of the shared feature map to a fixed ``S x S`` grid.
+
+``mode="pool"`` is the paper's RoI max pooling (``torchvision.ops.roi_pool``: box corners rounded
+to feature cells, max over each of the ``S x S`` sub-windows); ``mode="align"`` is RoI Align
+(``torchvision.ops.roi_align``, bilinear sampling, no rounding) as an option.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torchvision.ops import roi_align, roi_pool
+
+
+class RoIPool(nn.Module):
+    """Pool regions of a ``(N, C, Hf, Wf)`` feature map to ``(R, C, S, S)``.
+
+    Args:
+        output_size: ``S`` — the backbone's ``roi_size`` (6 AlexNet/ZF, 7 VGG-16, 14 ResNet NoC).
+        spatial_scale: feature cells per image pixel, ``1 / Backbone.stride``.
+        mode: ``"pool"`` (RoI max pooling) or ``"align"`` (RoI Align).
+        sampling_ratio: RoI Align's samples per bin side (``-1``: adaptive); unused for ``"pool"``.
+    """
+
+    def __init__(self, *, output_size: int, spatial_scale: float, mode: str = "pool",
+                 sampling_ratio: int = 2) -> None:
+        super().__init__()
+        if mode not in ("pool", "align"):
+            raise ValueError(f"roi_pool.py: mode must be 'pool' or 'align', got {mode!r}")
+        if output_size <= 0 or spatial_scale <= 0:
+            raise ValueError(f"roi_pool.py: output_size ({output_size}) and spatial_scale "
+                             f"({spatial_scale}) must be positive")
+        self.output_size = int(output_size)
+        self.spatial_scale = float(spatial_scale)
+        self.mode = mode
+        self.sampling_ratio = int(sampling_ratio)
+
+    def forward(self, features: Tensor, rois: Tensor | list[Tensor]) -> Tensor:
+        """Pool regions.
+
+        Args:
+            features: ``(N, C, Hf, Wf)``.
+            rois: a list of ``N`` ``(P_i, 4)`` xyxy boxes, a ``(N, P, 4)`` padded tensor (all ``P``
+                slots pooled), or ``(R, 5)`` rows ``(image index, x1, y1, x2, y2)``; image pixels.
+
+        Returns:
+            ``(R, C, S, S)``, regions in the order given (image by image for lists / padded).
+        """
+        rois = self._as_rows(rois, features)
+        # Under autocast torchvision runs these ops in float32 itself; keep box coordinates in
+        # float32 then (bf16 would round a coordinate of 600 to a multiple of 4 pixels).
+        if rois.dtype != features.dtype and not torch.is_autocast_enabled(features.device.type):
+            rois = rois.to(features.dtype)
+        if self.mode == "pool":
+            return roi_pool(features, rois, self.output_size, self.spatial_scale)
+        return roi_align(features, rois, self.output_size, self.spatial_scale,
+                         sampling_ratio=self.sampling_ratio, aligned=True)
+
+    @staticmethod
+    def _as_rows(rois: Tensor | list[Tensor], features: Tensor) -> Tensor:
+        if isinstance(rois, (list, tuple)):
+            if len(rois) != features.shape[0]:
+                raise ValueError(f"roi_pool.py: {len(rois)} box lists for {features.shape[0]} images")
+            idx = torch.cat([torch.full((len(b),), i, dtype=torch.float32, device=features.device)
+                             for i, b in enumerate(rois)])
+            boxes = torch.cat([b.to(features.device, torch.float32).reshape(-1, 4) for b in rois])
+            return torch.cat((idx[:, None], boxes), dim=1)
+        if rois.dim() == 3 and rois.shape[-1] == 4:
+            n, p, _ = rois.shape
+            idx = torch.arange(n, device=rois.device, dtype=rois.dtype)[:, None, None].expand(n, p, 1)
+            return torch.cat((idx, rois), dim=2).reshape(-1, 5)
+        if rois.dim() == 2 and rois.shape[1] == 5:
+            return rois
+        raise ValueError(f"roi_pool.py: rois must be a list of (P, 4), (N, P, 4) or (R, 5), "
+                         f"got shape {tuple(rois.shape)}")

@@ -1,0 +1,155 @@
+"""The training loop with a tiny real model on a tiny generated VOC set (CPU, deterministic)."""
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from detkit.data.dataset import DetectionDataset
+from detkit.data.synthetic import make_synthetic_voc
+from detkit.data.transforms import build_transforms
+from detkit.data.voc import load_voc
+from detkit.engine.checkpoint import load_checkpoint
+from detkit.engine.trainer import NonFiniteLossError, Trainer
+
+sys.path.insert(0, str(Path(__file__).parent))
+from tiny_detector import TinyDetector  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def voc(tmp_path_factory):
+    root = make_synthetic_voc(tmp_path_factory.mktemp("syn") / "voc", num_images=14, image_size=(64, 96),
+                              object_size=(16, 40), seed=1)
+    return load_voc(root, "trainval")
+
+
+class CountingDataset(DetectionDataset):
+    """Counts image loads (to prove a resumed run does not load the skipped batches)."""
+
+    loads = 0
+
+    def __getitem__(self, index):
+        type(self).loads += 1
+        return super().__getitem__(index)
+
+
+def _trainer(voc, run_dir, *, seed=0, trainer_cls=Trainer, model=None, **kw):
+    torch.manual_seed(seed)  # model init; resumed runs start from a *different* init on purpose
+    ds = CountingDataset(voc, build_transforms(train=True, min_size=(56, 64), max_size=96))
+    args = dict(batch_size=2, lr=0.05, warmup_iters=2, schedule="step", milestones=[5], device="cpu",
+                seed=0, progress=False, tensorboard=False, size_divisible=16)
+    args.update(kw)
+    return trainer_cls(model=model or TinyDetector(num_classes=voc.num_classes), train_dataset=ds,
+                       run_dir=run_dir, class_names=voc.class_names, **args)
+
+
+def _params(t):
+    return {k: v.clone() for k, v in t.net.state_dict().items()}
+
+
+def test_loss_falls(voc, tmp_path):
+    # 4 fixed images without augmentation: the tiny model must fit them.
+    from detkit.data.record import DetectionData
+
+    torch.manual_seed(0)
+    small = DetectionData(voc.records[:4], voc.class_names)
+    ds = DetectionDataset(small, build_transforms(train=False, min_size=64, max_size=96))
+    t = Trainer(model=TinyDetector(num_classes=voc.num_classes), train_dataset=ds, run_dir=tmp_path, max_iters=30,
+                lr=0.1, warmup_iters=2, device="cpu", progress=False, tensorboard=True, size_divisible=16)
+    t.fit()
+    losses = [h["loss"] for h in t.history]
+    assert len(losses) == 30
+    assert np.mean(losses[-6:]) < 0.75 * np.mean(losses[:6])
+    assert (tmp_path / "last.pt").is_file() and any((tmp_path / "tb").iterdir())
+    assert load_checkpoint(tmp_path / "last.pt")["iteration"] == 30
+
+
+class SimulatedCrash(Exception):
+    pass
+
+
+def test_resume_is_exact(voc, tmp_path):
+    # 14 images -> trainval ~11 -> ~6 batches/epoch: 9 iterations cross an epoch boundary.
+    n, crash_at = 9, 5
+    ref = _trainer(voc, tmp_path / "ref", max_iters=n, checkpoint_every=3)
+    CountingDataset.loads = 0
+    ref.fit()
+    loads_full = CountingDataset.loads
+    expected = _params(ref)
+
+    class Crashing(Trainer):
+        def _step(self, batch, targets):
+            if self.iteration == crash_at:  # dies after step 5; last checkpoint is from step 3
+                raise SimulatedCrash
+            return super()._step(batch, targets)
+
+    with pytest.raises(SimulatedCrash):
+        _trainer(voc, tmp_path / "run", max_iters=n, checkpoint_every=3, trainer_cls=Crashing).fit()
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["iteration"] == 3
+
+    resumed = _trainer(voc, tmp_path / "run", seed=123, max_iters=n, checkpoint_every=3)
+    first3 = sum(len(b) for b in resumed._epoch_batches(0)[:3])
+    CountingDataset.loads = 0
+    out = resumed.fit(resume=True)
+    assert out["iteration"] == n
+    # the three consumed batches are skipped without reading their images
+    assert CountingDataset.loads == loads_full - first3
+    got = _params(resumed)
+    for k in expected:
+        assert torch.equal(got[k], expected[k]), k
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in ref.history[3:]]
+
+
+class PoisonedTiny(TinyDetector):
+    """Returns a NaN loss on its ``bad_call``-th training forward pass."""
+
+    def __init__(self, bad_call, **kw):
+        super().__init__(**kw)
+        self.calls, self.bad_call = 0, bad_call
+
+    def forward(self, batch, targets=None):
+        out = super().forward(batch, targets)
+        if self.training:
+            self.calls += 1
+            if self.calls == self.bad_call:
+                out["loss_box"] = out["loss_box"] * float("nan")
+        return out
+
+
+def test_nonfinite_loss_stops_and_keeps_last_good(voc, tmp_path):
+    model = PoisonedTiny(4, num_classes=voc.num_classes)
+    t = _trainer(voc, tmp_path, max_iters=6, checkpoint_every=2, model=model)
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss at iteration 4 .*loss_box=nan.*last\.pt"):
+        t.fit()
+    ckpt = load_checkpoint(tmp_path / "last.pt")
+    assert ckpt["iteration"] == 2
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
+    # the model in memory was not stepped with the bad gradients either
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_nonfinite_loss_skipped_when_configured(voc, tmp_path):
+    model = PoisonedTiny(2, num_classes=voc.num_classes)
+    t = _trainer(voc, tmp_path, max_iters=4, model=model, skip_nonfinite=True)
+    out = t.fit()
+    assert out["skipped_steps"] == 1 and out["iteration"] == 4 and len(t.history) == 3
+    assert all(torch.isfinite(v).all() for v in load_checkpoint(tmp_path / "last.pt")["model"].values())
+
+
+def test_predict_maps_to_original_coords(voc, tmp_path):
+    from detkit.engine.evaluator import predict, score_detections
+
+    ds = DetectionDataset(voc, build_transforms(train=False, min_size=128, max_size=256))
+    model = TinyDetector(num_classes=voc.num_classes).eval()
+    dets = predict(model, ds, batch_size=1, progress=False)  # same padding as the check below
+    assert set(dets) == {r.image_id for r in voc.records}
+    for rec in voc.records:
+        img, tgt = ds[voc.records.index(rec)]
+        from detkit.data.batch import ImageBatch
+        raw = model(ImageBatch.from_images([img]))[0]["boxes"][0].detach()
+        h, w = tgt["size"]
+        scale = torch.tensor([rec.width / w, rec.height / h] * 2)
+        assert np.allclose(dets[rec.image_id]["boxes"][0], (raw * scale).numpy(), atol=1e-3)
+    scores = score_detections(dets, voc, coco=True)
+    assert 0.0 <= scores["voc07"]["mAP"] <= 1.0 and "coco" in scores

@@ -1,0 +1,177 @@
+"""Detect objects in images with a trained checkpoint; write annotated pictures and detections.json.
+
+    python tools/infer.py --checkpoint outputs/bccd-faster_rcnn-vgg16/last.pt img.jpg photos/ "shots/*.png" \\
+        --out outputs/infer [--score-threshold 0.5] [--max-detections 100] [--device auto] [--batch-size 4]
+
+The model is rebuilt from the config stored in the checkpoint (``hydra.utils.instantiate``) and
+images are resized with that config's test transform. Outputs in ``--out``:
+
+* ``<name>.jpg`` per image: the detections drawn (``detkit.visualization.draw``);
+* ``detections.json``: the detections file (``detkit.evaluation.detections``), one entry per box
+  ``{"image_id", "category_id", "bbox": [x, y, w, h] (original pixels), "score", "file_name"}``,
+  ``image_id`` the position in the input list and ``file_name`` the image's base name, so
+  ``tools/eval.py --detections`` can match the entries to a data set's images by name.
+
+Unreadable images are skipped with a warning; no images at all, or a checkpoint that cannot be
+read or does not fit its config, stop with a one-line error (exit status 2).
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+
+
+class InferError(ValueError):
+    """A problem with the command's inputs (reported as one line, exit status 2)."""
+
+
+def collect_inputs(inputs: list[str]) -> list[Path]:
+    """Image files from files, folders (their image files, sorted) and glob patterns, deduplicated."""
+    found: list[Path] = []
+    for item in inputs:
+        p = Path(item).expanduser()
+        if p.is_dir():
+            found += sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+        elif p.is_file():
+            found.append(p)  # named explicitly: tried whatever its extension
+        elif glob.has_magic(item):
+            found += sorted(Path(f) for f in glob.glob(os.path.expanduser(item), recursive=True)
+                            if Path(f).is_file() and Path(f).suffix.lower() in IMAGE_EXTENSIONS)
+        else:
+            raise InferError(f"{item}: no such file or folder")
+    seen, unique = set(), []
+    for f in found:
+        key = f.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(f)
+    if not unique:
+        raise InferError(f"no images found in {' '.join(inputs)} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
+    return unique
+
+
+def _out_names(paths: list[Path]) -> list[str]:
+    """``<stem>.jpg`` per input; repeated stems (same name in two folders) get ``_2``, ``_3``..."""
+    counts: dict[str, int] = {}
+    names = []
+    for p in paths:
+        counts[p.stem] = counts.get(p.stem, 0) + 1
+        names.append(f"{p.stem}.jpg" if counts[p.stem] == 1 else f"{p.stem}_{counts[p.stem]}.jpg")
+    return names
+
+
+def _load_batch(paths, transform):
+    """Read + resize; returns [(index, original image, resized (3,H,W) tensor)] and skipped paths."""
+    from detkit.data.images import read_image
+
+    items, skipped = [], []
+    for i, path in paths:
+        try:
+            image = read_image(path)
+        except (OSError, ValueError) as e:
+            warnings.warn(f"{path}: skipped, cannot read it as an image ({e})", stacklevel=2)
+            skipped.append(path)
+            continue
+        out = transform(image, np.zeros((0, 4), np.float32))
+        tensor = torch.from_numpy(np.ascontiguousarray(out["image"])).permute(2, 0, 1).contiguous()
+        items.append((i, image, tensor))
+    return items, skipped
+
+
+def run(args: argparse.Namespace) -> dict:
+    from detkit.data.batch import ImageBatch
+    from detkit.data.transforms import build_transforms
+    from detkit.engine.checkpoint import model_from_checkpoint
+    from detkit.engine.distributed import resolve_device
+    from detkit.engine.evaluator import to_original_coords
+    from detkit.visualization.draw import draw_detections, save_image
+
+    model, ckpt = model_from_checkpoint(args.checkpoint)
+    paths = collect_inputs(args.inputs)
+    names = list(ckpt["class_names"])
+    cat_ids = list(ckpt.get("category_ids") or range(1, len(names) + 1))
+    tf = dict(ckpt["config"].get("data", {}).get("transforms") or {})
+    transform = build_transforms(train=False, min_size=tf.get("min_size", 600), max_size=tf.get("max_size", 1000))
+    device = resolve_device(args.device)
+    model.to(device)
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out_names = _out_names(paths)
+    entries, skipped, written = [], [], 0
+    indexed = list(enumerate(paths))
+    with tqdm(total=len(paths), desc="infer", unit="img") as bar, torch.no_grad():
+        for start in range(0, len(indexed), args.batch_size):
+            chunk = indexed[start : start + args.batch_size]
+            items, bad = _load_batch(chunk, transform)
+            skipped += bad
+            if items:
+                batch = ImageBatch.from_images([t for _, _, t in items]).to(device)
+                outputs = model(batch)
+                for (i, image, tensor), det in zip(items, outputs):
+                    keep = det["scores"] >= args.score_threshold
+                    order = det["scores"][keep].argsort(descending=True)[: args.max_detections]
+                    boxes = to_original_coords(det["boxes"][keep][order].float(), tuple(tensor.shape[1:]),
+                                               image.shape[:2]).cpu().numpy()
+                    scores = det["scores"][keep][order].float().cpu().numpy()
+                    labels = det["labels"][keep][order].cpu().numpy()
+                    picture = draw_detections(image, boxes, labels, scores, names, score_threshold=args.score_threshold)
+                    save_image(out_dir / out_names[i], picture)
+                    written += 1
+                    for b, s, lab in zip(boxes.tolist(), scores.tolist(), labels.tolist()):
+                        entries.append({"image_id": i, "category_id": int(cat_ids[lab]),
+                                        "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]], "score": float(s),
+                                        "file_name": paths[i].name})
+            bar.update(len(chunk))
+    if written == 0:
+        raise InferError(f"none of the {len(paths)} inputs could be read as an image")
+    tmp = out_dir / ".detections.json.tmp"
+    tmp.write_text(json.dumps(entries))
+    os.replace(tmp, out_dir / "detections.json")
+    print(f"{written} image(s), {len(entries)} detection(s) -> {out_dir}"
+          + (f"; skipped {len(skipped)} unreadable: {', '.join(map(str, skipped))}" if skipped else ""))
+    return {"images": written, "detections": len(entries), "skipped": [str(p) for p in skipped]}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="a detkit checkpoint (RUN/last.pt)")
+    p.add_argument("inputs", nargs="+", help="image files, folders, glob patterns")
+    p.add_argument("--out", required=True, help="output folder for pictures and detections.json")
+    p.add_argument("--score-threshold", type=float, default=0.5, help="keep detections scoring at least this")
+    p.add_argument("--max-detections", type=int, default=100, help="most detections kept per image")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--batch-size", type=int, default=4, help="images per forward pass")
+    args = p.parse_args(argv)
+    if args.batch_size < 1 or args.max_detections < 1:
+        p.error("--batch-size and --max-detections must be at least 1")
+    return args
+
+
+def main(argv=None) -> int:
+    from detkit.engine.checkpoint import CheckpointError
+
+    args = parse_args(argv)
+    warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n"
+    try:
+        run(args)
+    except (InferError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
