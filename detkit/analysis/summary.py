@@ -1,7 +1,9 @@
 """Per-layer summary of a network: output shape, parameters, multiply-adds, stride, receptive field.
 
 Written by hand: no summary library is in detkit's dependencies (torchinfo and fvcore are not
-installed), and none of them reports receptive fields.
+installed), and none of them reports receptive fields. This module holds the result types and the
+hook-driven pass; the stride/RF rules are in :mod:`detkit.analysis.receptive_field`, the text
+output (:func:`format_table`, :func:`to_markdown`, re-exported here) in :mod:`detkit.analysis.table`.
 
 How each number is obtained (one forward pass of a ``(1, C, H, W)`` zero image, hooks on modules):
 
@@ -21,19 +23,9 @@ How each number is obtained (one forward pass of a ``(1, C, H, W)`` zero image, 
   numbers compare with the papers. Convolutions called as functions outside an ``nn.Conv``
   module are not seen.
 * **Stride and receptive field (RF)**, per spatial axis, in input pixels, by the jump/RF
-  recurrence of each convolution or pooling module (kernel ``k``, stride ``s``, dilation ``d``,
-  padding ``p``; adaptive pooling: ``k`` = its largest window, ``s`` = in/out size)::
-
-      j_out = j_in·s      r_out = r_in + (k−1)·d·j_in      c_out = c_in + ((k−1)/2·d − p)·j_in
-
-  (``c`` is the centre of the first output unit's RF, ``rf_start``). Every other operation
-  (activations, norms, ``torch.cat``, ``+``, slicing channels) passes the values through; where
-  tensors meet — inception's concatenation, the residual addition — the output takes the
-  **maximum over the branches** (stride and RF separately): the largest region any branch sees.
-  A tensor that loses its spatial axes (flatten, global pooling, fc layers) covers
-  ``r + (n−1)·j`` pixels and has no stride ("—"). A spatial op without a rule (interpolation,
-  cropping, functional pooling) makes the values unknown ("?") from there on. RFs are
-  theoretical: not clipped at the image border.
+  recurrence of each convolution or pooling (module or functional), the maximum over branches
+  where tensors meet (inception's concatenation, the residual addition); "—" where the spatial
+  axes are gone, "?" after a spatial op without a rule. Rules: :mod:`detkit.analysis.receptive_field`.
 
 A :class:`~detkit.backbones.base.Backbone` is summarised in two parts: the trunk at the image size
 and the region head at ``(1, out_channels, roi_size, roi_size)``; the head's stride and RF are in
@@ -42,33 +34,32 @@ RoI-bin units (RoI pooling has no fixed relation to input pixels).
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
-from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
-__all__ = ["LayerRow", "Summary", "SummaryError", "format_table", "summarize", "to_markdown"]
+from detkit.analysis.receptive_field import (
+    RF,
+    Tracker,
+    per_axis,
+    pixel_grid,
+    propagate,
+    set_state,
+    state_of,
+    window,
+    window_rule,
+)
+from detkit.analysis.table import format_table, to_markdown
 
-_ATTR = "_detkit_rf"  # set on tensors during the pass: an _RF, or _UNKNOWN
+__all__ = ["LayerRow", "Summary", "SummaryError", "format_table", "summarize", "to_markdown"]
 
 
 class SummaryError(ValueError):
     """Bad input size, or the model's forward pass failed (names the module where)."""
-
-
-@dataclass(frozen=True)
-class _RF:
-    jump: tuple[float, ...] | None  # None: no spatial grid any more (flattened / global)
-    rf: tuple[float, ...]
-    start: tuple[float, ...]
-
-
-_UNKNOWN = "unknown"
 
 
 @dataclass(frozen=True)
@@ -131,90 +122,10 @@ class Summary:
         raise KeyError(f"no part {name!r} in summary of {self.name}; parts: {[p.name for p in self.parts]}")
 
 
-# --------------------------------------------------------------------------- receptive field
-def _state(t: Tensor):
-    return getattr(t, _ATTR, None)
-
-
-def _merge(states: list) -> _RF | str:
-    """Where branches meet: the maximum over them (document: module docstring)."""
-    if any(s is _UNKNOWN for s in states):
-        return _UNKNOWN
-    n = len(states[0].rf)
-    if any(len(s.rf) != n for s in states):
-        return _UNKNOWN
-    grids = [s for s in states if s.jump is not None]
-    widest = max(states, key=lambda s: sum(s.rf))
-    jump = tuple(max(s.jump[i] for s in grids) for i in range(n)) if grids else None
-    rf = tuple(max(s.rf[i] for s in states) for i in range(n))
-    return _RF(jump, rf, widest.start)
-
-
-def _propagate(inputs: list[Tensor], outputs: list[Tensor]) -> None:
-    """Pass stride/RF through an op without a rule of its own (see module docstring)."""
-    tracked = [t for t in inputs if _state(t) is not None]
-    if not tracked:
-        return
-    merged = _merge([_state(t) for t in tracked])
-    src = max(tracked, key=lambda t: t.dim())
-    for out in outputs:
-        if merged is _UNKNOWN or merged.jump is None:
-            state = merged
-        elif out.dim() == src.dim() and out.shape[2:] == src.shape[2:]:
-            state = merged
-        elif out.dim() <= 2 or (out.dim() == src.dim() and all(n == 1 for n in out.shape[2:])):
-            # spatial axes gone: the unit sees the whole input map
-            sizes = src.shape[2:]
-            rf = tuple(r + (n - 1) * j for r, n, j in zip(merged.rf, sizes, merged.jump, strict=True))
-            start = tuple(c + (n - 1) / 2 * j for c, n, j in zip(merged.start, sizes, merged.jump, strict=True))
-            state = _RF(None, rf, start)
-        else:
-            state = _UNKNOWN
-        setattr(out, _ATTR, state)
-
-
-def _window(state, k, s, d, p) -> _RF | str:
-    if state is _UNKNOWN or state.jump is None:
-        return state  # unknown stays unknown; a window over a global vector sees no more
-    j, r, c = state.jump, state.rf, state.start
-    return _RF(
-        tuple(ji * si for ji, si in zip(j, s, strict=True)),
-        tuple(ri + (ki - 1) * di * ji for ri, ki, di, ji in zip(r, k, d, j, strict=True)),
-        tuple(ci + ((ki - 1) / 2 * di - pi) * ji for ci, ki, di, pi, ji in zip(c, k, d, p, j, strict=True)),
-    )
-
-
-def _tup(v, n: int) -> tuple:
-    return tuple(v) if isinstance(v, (tuple, list)) else (v,) * n
-
-
-def _window_rule(m: nn.Module, x: Tensor, y: Tensor):
-    """(k, s, d, p) per axis for a convolution or pooling module, or None when it has no rule."""
-    n = x.dim() - 2
-    if isinstance(m, nn.modules.conv._ConvNd) and not m.transposed:
-        k, d = _tup(m.kernel_size, n), _tup(m.dilation, n)
-        if m.padding == "valid":
-            p = (0,) * n
-        elif m.padding == "same":
-            p = tuple(di * (ki - 1) / 2 for ki, di in zip(k, d))
-        else:
-            p = _tup(m.padding, n)
-        return k, _tup(m.stride, n), d, p
-    if isinstance(m, (nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd, nn.modules.pooling._LPPoolNd)):
-        k = _tup(m.kernel_size, n)
-        s = _tup(m.stride if m.stride else m.kernel_size, n)
-        return k, s, _tup(getattr(m, "dilation", 1), n), _tup(getattr(m, "padding", 0), n)
-    if isinstance(m, (nn.modules.pooling._AdaptiveAvgPoolNd, nn.modules.pooling._AdaptiveMaxPoolNd)):
-        ins, outs = x.shape[2:], y.shape[2:]
-        k = tuple(max(math.ceil((o + 1) * a / b) - (o * a) // b for o in range(b)) for a, b in zip(ins, outs))
-        return k, tuple(a / b for a, b in zip(ins, outs)), (1,) * n, (0,) * n
-    return None
-
-
 # --------------------------------------------------------------------------- multiply-adds
 def _macs(m: nn.Module, x: Tensor, y: Tensor) -> int:
     if isinstance(m, nn.modules.conv._ConvNd):
-        k = math.prod(_tup(m.kernel_size, x.dim() - 2))
+        k = math.prod(per_axis(m.kernel_size, x.dim() - 2))
         if m.transposed:  # every input value is scattered through a k-window of C_out/groups
             return x.numel() * (m.out_channels // m.groups) * k
         return y.numel() * (m.in_channels // m.groups) * k
@@ -236,65 +147,6 @@ class _Call:
     macs: int = 0
     shape: tuple[int, ...] | None = None
     state: object = None
-
-
-# positional parameters of the functional forms (builtins cannot be introspected)
-_SIGNATURES = {
-    "conv": ("input", "weight", "bias", "stride", "padding", "dilation", "groups"),
-    "max_pool": ("input", "kernel_size", "stride", "padding", "dilation"),
-    "avg_pool": ("input", "kernel_size", "stride", "padding"),
-    "adaptive": ("input", "output_size"),
-    "pad": ("input", "pad"),
-}
-_FUNC_KIND = re.compile(r"^(conv|max_pool|avg_pool|adaptive)_?\w*?[123]d(_with_indices)?$|^(pad)$")
-
-
-def _functional_state(func, args, kwargs, y: Tensor):
-    """Stride/RF after a functional conv, pooling or pad (F.max_pool2d inside a custom module)."""
-    match = _FUNC_KIND.match(getattr(func, "__name__", ""))
-    if not match or not args or not isinstance(args[0], Tensor) or _state(args[0]) is None:
-        return None
-    kind = match.group(1) or match.group(3)
-    a = {**dict(zip(_SIGNATURES[kind], args)), **kwargs}
-    x, state = a["input"], _state(args[0])
-    n = x.dim() - 2
-    if kind == "pad":
-        pad = tuple(a["pad"])
-        if len(pad) > 2 * n or x.dim() != y.dim() or state is _UNKNOWN or state.jump is None:
-            return None
-        left = tuple(pad[2 * (n - 1 - i)] if 2 * (n - 1 - i) < len(pad) else 0 for i in range(n))
-        return _RF(state.jump, state.rf, tuple(c - lf * j for c, lf, j in zip(state.start, left, state.jump)))
-    if kind == "adaptive":
-        ins, outs = x.shape[2:], y.shape[2:]
-        k = tuple(max(math.ceil((o + 1) * i / m) - (o * i) // m for o in range(m)) for i, m in zip(ins, outs))
-        return _window(state, k, tuple(i / m for i, m in zip(ins, outs)), (1,) * n, (0,) * n)
-    k = tuple(a["weight"].shape[2:]) if kind == "conv" else _tup(a["kernel_size"], n)
-    s = a.get("stride") or (1 if kind == "conv" else k)
-    d = _tup(a.get("dilation", 1), n)
-    p = a.get("padding", 0)
-    if p == "valid":
-        p = 0
-    elif p == "same":
-        p = tuple(di * (ki - 1) / 2 for ki, di in zip(k, d))
-    return _window(state, k, _tup(s, n), d, _tup(p, n))
-
-
-class _Tracker(TorchFunctionMode):
-    """Propagates stride/RF through every torch op: functional conv/pool/pad by their rule,
-    everything else (cat, add, flatten, ...) by the branch maximum."""
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        out = func(*args, **kwargs)
-        outs = [t for t in tree_flatten(out)[0] if isinstance(t, Tensor)]
-        if outs:
-            state = _functional_state(func, args, kwargs, outs[0])
-            if state is not None:
-                for o in outs:
-                    setattr(o, _ATTR, state)
-            else:
-                _propagate([t for t in tree_flatten((args, kwargs))[0] if isinstance(t, Tensor)], outs)
-        return out
 
 
 def _owned(model: nn.Module) -> dict[int, tuple[int, int]]:
@@ -336,18 +188,18 @@ def _run(model: nn.Module, shape: tuple[int, ...], device: torch.device | str | 
         y = outs[0]
         if next(m.children(), None) is None and ins:
             x = ins[0]
-            rule = _window_rule(m, x, y)
+            rule = window_rule(m, x, y)
             if rule is not None:
-                state = _window(_state(x), *rule) if _state(x) is not None else None
+                state = window(state_of(x), *rule) if state_of(x) is not None else None
                 for o in outs:
-                    setattr(o, _ATTR, state)
-            elif (x.dim() == y.dim() and x.shape[2:] == y.shape[2:]) or _state(y) is None:
+                    set_state(o, state)
+            elif (x.dim() == y.dim() and x.shape[2:] == y.shape[2:]) or state_of(y) is None:
                 # element-wise layer (norm, LRN, activation): as its input, whatever happened inside
-                _propagate(ins, outs)
+                propagate(ins, outs)
             # else keep what the functional ops inside computed (e.g. F.pad + F.max_pool2d)
             call.macs = _macs(m, ins[0], y)
         call.shape = tuple(y.shape[1:])
-        call.state = _state(y)
+        call.state = state_of(y)
 
     handles = []
     for m in model.modules():
@@ -356,9 +208,9 @@ def _run(model: nn.Module, shape: tuple[int, ...], device: torch.device | str | 
     meta = str(device) == "meta"
     x = torch.zeros(shape, device=device)
     n = len(shape) - 2
-    setattr(x, _ATTR, _RF((1.0,) * n, (1.0,) * n, (0.5,) * n))  # pixel i covers [i, i+1): centre i+0.5
+    set_state(x, pixel_grid(n))  # pixel i covers [i, i+1): centre i+0.5
     try:
-        with torch.no_grad(), _Tracker():
+        with torch.no_grad(), Tracker():
             if meta:
                 tensors = {k: torch.empty_like(v, device="meta") for k, v in model.named_parameters()}
                 tensors.update({k: torch.empty_like(v, device="meta") for k, v in model.named_buffers()})
@@ -377,7 +229,7 @@ def _run(model: nn.Module, shape: tuple[int, ...], device: torch.device | str | 
 
 def _rows(calls: list[_Call], depth: int | None, model: nn.Module, owned) -> list[LayerRow]:
     def row(c: _Call, members: list[_Call]) -> LayerRow:
-        st = c.state if isinstance(c.state, _RF) else None
+        st = c.state if isinstance(c.state, RF) else None
         return LayerRow(
             name=c.name or type(c.module).__name__, type=type(c.module).__name__, depth=c.depth,
             output_shape=c.shape, params=sum(m.params for m in members),
@@ -446,8 +298,8 @@ def _summarize_module(model: nn.Module, shape: tuple[int, ...], name: str, depth
         for m, flag in training.items():
             m.train(flag)
     y = y if isinstance(y, Tensor) else next((t for t in tree_flatten(y)[0] if isinstance(t, Tensor)), None)
-    st = _state(y) if y is not None else None
-    st = st if isinstance(st, _RF) else None
+    st = state_of(y) if y is not None else None
+    st = st if isinstance(st, RF) else None
     return Summary(
         name=name, input_shape=tuple(shape), rows=tuple(_rows(calls, depth, model, owned)),
         output_shape=tuple(y.shape[1:]) if y is not None else None,
@@ -492,85 +344,3 @@ def summarize(
         name=name, input_shape=trunk.input_shape, rows=tuple(rows), output_shape=head.output_shape,
         output_stride=None, output_rf=None, parts=(trunk, head),
     )
-
-
-# --------------------------------------------------------------------------- text output
-def _num(v: float) -> str:
-    return str(int(v)) if float(v).is_integer() else f"{v:.2f}"
-
-
-def _axes(v: tuple[float, ...] | None, none: str) -> str:
-    if v is None:
-        return none
-    return _num(v[0]) if len(set(v)) == 1 else "×".join(_num(a) for a in v)
-
-
-def _shape(s: tuple[int, ...] | None) -> str:
-    return "×".join(map(str, s)) if s is not None else "not called"
-
-
-def _human(n: int) -> str:
-    for unit, div in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= div:
-            return f"{n / div:.2f} {unit}"
-    return str(n)
-
-
-_HEADER = ("layer", "type", "output (C×H×W)", "params", "trainable", "MACs", "stride", "RF")
-
-
-def _cells(r: LayerRow) -> tuple[str, ...]:
-    unknown = "?" if r.called else ""
-    stride = _axes(r.stride, "—" if r.rf is not None else unknown)
-    return (r.name, r.type, _shape(r.output_shape), f"{r.params:,}", f"{r.trainable:,}",
-            f"{r.macs:,}", stride, _axes(r.rf, unknown))
-
-
-def _totals(s: Summary) -> list[str]:
-    frozen = s.total_params - s.trainable_params
-    lines = [
-        f"input {_shape(s.input_shape)} -> output {_shape(s.output_shape)}",
-        f"parameters: {s.total_params:,} ({_human(s.total_params)}); trainable {s.trainable_params:,}, "
-        f"frozen {frozen:,}",
-        f"multiply-adds: {s.total_macs:,} ({_human(s.total_macs)})",
-    ]
-    if not s.parts:
-        unit = "RoI bins" if s.name == "region_head" else "px"
-        lines.append(f"output stride {_axes(s.output_stride, '—' if s.output_rf else '?')}, "
-                     f"receptive field {_axes(s.output_rf, '?')} {unit}")
-    return lines
-
-
-def _sections(s: Summary) -> list[tuple[str, Summary]]:
-    return [(f"{p.name}", p) for p in s.parts] if s.parts else [(s.name, s)]
-
-
-def format_table(summary: Summary) -> str:
-    """Aligned text: a table per part (trunk, region head for a Backbone), totals under each."""
-    out: list[str] = []
-    for title, s in _sections(summary):
-        rows = [_HEADER, *(_cells(r) for r in s.rows)]
-        widths = [max(len(row[i]) for row in rows) for i in range(len(_HEADER))]
-        right = {3, 4, 5, 6, 7}
-        fmt = [(c.rjust(w) if i in right else c.ljust(w)) for i, (c, w) in enumerate(zip(rows[0], widths))]
-        out += [f"== {title} ==", "  ".join(fmt).rstrip(), "  ".join("-" * w for w in widths)]
-        for row in rows[1:]:
-            out.append("  ".join(c.rjust(w) if i in right else c.ljust(w)
-                                 for i, (c, w) in enumerate(zip(row, widths))).rstrip())
-        out += ["  ".join("-" * w for w in widths), *_totals(s), ""]
-    if summary.parts:
-        out += [f"== {summary.name}: all parts ==", *_totals(summary), ""]
-    return "\n".join(out).rstrip() + "\n"
-
-
-def to_markdown(summary: Summary) -> str:
-    """The same tables as GitHub markdown (numbers right-aligned), totals as a list."""
-    out: list[str] = []
-    for title, s in _sections(summary):
-        out += [f"**{title}**", "", "| " + " | ".join(_HEADER) + " |",
-                "|" + "|".join(["---"] * 3 + ["---:"] * 5) + "|"]
-        out += ["| " + " | ".join(c.replace("|", "\\|") for c in _cells(r)) + " |" for r in s.rows]
-        out += ["", *(f"- {line}" for line in _totals(s)), ""]
-    if summary.parts:
-        out += [f"**{summary.name}: all parts**", "", *(f"- {line}" for line in _totals(summary)), ""]
-    return "\n".join(out).rstrip() + "\n"
