@@ -1,0 +1,111 @@
+"""Proposal cache: parallel computation, files on disk, resuming, loading, user-supplied files."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from detkit.data.images import read_image
+from detkit.data.voc import load_voc
+from detkit.proposals.cache import (
+    ProposalsError,
+    cache_folder,
+    compute_proposals,
+    load_proposals,
+    read_proposals_file,
+    write_proposals_file,
+)
+from detkit.proposals.selective_search import selective_search
+from tests.data._fixtures import make_voc
+
+OPTS = {"mode": "single", "max_side": 40, "min_size": 4}
+
+
+@pytest.fixture
+def data(tmp_path):
+    spec = {f"im{i}": {"objects": [("a", (3, 4, 20, 30))], "image_size": (48 + 8 * i, 40)} for i in range(4)}
+    root = make_voc(tmp_path / "voc", spec, {"test": list(spec)})
+    return load_voc(root, "test")
+
+
+class Stop(Exception):
+    pass
+
+
+def test_compute_writes_one_file_per_image(tmp_path, data):
+    folder = compute_proposals(data, tmp_path / "cache", workers=2, progress=False, **OPTS)
+    assert folder == cache_folder(tmp_path / "cache", data, mode="single", max_side=40)
+    assert folder.name == "voc_voc_test-single-40"
+    assert sorted(p.name for p in folder.glob("*.npz")) == [f"{i:06d}.npz" for i in range(4)]
+    assert json.loads((folder / "settings.json").read_text())["min_size"] == 4
+    loaded = load_proposals(tmp_path / "cache", data, mode="single", max_side=40)
+    assert sorted(loaded) == [r.image_id for r in data.records]
+    for r in data.records:  # the cache holds exactly what a direct search of the image gives
+        np.testing.assert_array_equal(loaded[r.image_id], selective_search(read_image(r.file_name), **OPTS))
+        assert (loaded[r.image_id][:, 2] <= r.width).all()
+    capped = load_proposals(tmp_path / "cache", data, mode="single", max_side=40, max_proposals=2)
+    assert all(len(b) <= 2 for b in capped.values())
+
+
+def test_interrupted_run_resumes(tmp_path, data):
+    seen = []
+
+    def stop_after_two(image_id, n, seconds):
+        seen.append(image_id)
+        if len(seen) == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        compute_proposals(data, tmp_path, workers=1, progress=False, on_image=stop_after_two, **OPTS)
+    folder = cache_folder(tmp_path, data, mode="single", max_side=40)
+    assert len(list(folder.glob("*.npz"))) == 2
+    with pytest.raises(ProposalsError, match="covers 2 of 4 images"):
+        load_proposals(tmp_path, data, mode="single", max_side=40)
+
+    (folder / "000000.npz.tmp").write_bytes(b"half a file")  # a write killed midway
+    again = []
+    compute_proposals(data, tmp_path, workers=1, progress=False, on_image=lambda i, n, s: again.append(i), **OPTS)
+    assert sorted(again) == sorted(set(range(4)) - set(seen))  # only the missing images
+    assert not list(folder.glob("*.tmp"))
+    assert len(load_proposals(tmp_path, data, mode="single", max_side=40)) == 4
+
+
+def test_cache_errors(tmp_path, data):
+    with pytest.raises(ProposalsError, match="no proposals cache"):
+        load_proposals(tmp_path, data, mode="single", max_side=40)
+    compute_proposals(data, tmp_path, progress=False, **OPTS)
+    with pytest.raises(ProposalsError, match="other settings"):
+        compute_proposals(data, tmp_path, progress=False, **{**OPTS, "min_size": 8})
+    folder = cache_folder(tmp_path, data, mode="single", max_side=40)
+    (folder / "000001.npz").write_bytes(b"not a zip")
+    with pytest.raises(ProposalsError, match="000001.npz: unreadable"):
+        load_proposals(tmp_path, data, mode="single", max_side=40)
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".json"])
+def test_user_file_round_trip(tmp_path, data, suffix):
+    rng = np.random.default_rng(0)
+    props = {}
+    for r in data.records:
+        xy = rng.uniform(0, 20, size=(5, 2))
+        props[r.image_id] = np.concatenate([xy, xy + rng.uniform(1, 20, size=(5, 2))], 1).astype(np.float32)
+    path = write_proposals_file(tmp_path / f"p{suffix}", props, data)
+    back = read_proposals_file(path, data)
+    assert sorted(back) == sorted(props)
+    for i in props:
+        np.testing.assert_allclose(back[i], props[i], rtol=0, atol=1e-6)
+
+
+def test_user_file_errors(tmp_path, data):
+    (tmp_path / "a.json").write_text(json.dumps({"im0": [[0, 0, 5, 5]]}))
+    with pytest.raises(ProposalsError, match=r"a.json: no proposals for 3 of 4 images \(im1, im2, im3\)"):
+        read_proposals_file(tmp_path / "a.json", data)
+    bad = {r.name: [[0, 0, 5, 5]] for r in data.records}
+    bad["im2"] = [[0, 0, 5]]
+    (tmp_path / "b.json").write_text(json.dumps(bad))
+    with pytest.raises(ProposalsError, match=r"b.json: image 'im2': boxes must be \(P, 4\)"):
+        read_proposals_file(tmp_path / "b.json", data)
+    np.savez(tmp_path / "c.npz", im0=np.array([object()], dtype=object))
+    with pytest.raises(ProposalsError, match="c.npz: unreadable"):  # no pickle, ever
+        read_proposals_file(tmp_path / "c.npz", data)
