@@ -35,5 +35,60 @@ def main(cfg: DictConfig) -> None:
     ddp.cleanup()
 
 
+GROUPS = ("data", "method", "backbone")
+
+
+def unknown_key_message(overrides: list[str]) -> str | None:
+    """The first plain ``key=value`` override whose key is not in the composed config, as a message
+    listing the valid keys at that level (Hydra alone says only "Key ... is not in struct").
+
+    Group choices (``backbone=x``), ``+``/``~`` overrides and ``hydra.*`` keys are left to Hydra,
+    which lists the available options of an unknown group choice itself. Returns ``None`` when
+    every key exists, or when the config does not compose (Hydra then reports why).
+    """
+    import difflib
+
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    pairs = [o.split("=", 1) for o in overrides if "=" in o and not o.startswith(("-", "+", "~"))]
+    keys = [k for k, _ in pairs if k not in GROUPS and "/" not in k and not k.startswith("hydra")]
+    if not keys:
+        return None
+    configs = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs")
+    try:
+        with initialize_config_dir(config_dir=os.path.abspath(configs), version_base=None):
+            cfg = compose("train", overrides=[f"{k}={v}" for k, v in pairs if k in GROUPS])
+    except Exception:  # noqa: BLE001 - any composition error is Hydra's to report
+        return None
+    tree = OmegaConf.to_container(cfg, resolve=False)
+    for key in keys:
+        node, path = tree, []
+        for part in key.split("."):
+            if not isinstance(node, dict):
+                break  # a list index or a scalar: let Hydra judge
+            if part not in node:
+                where = ".".join(path) or "the top level"
+                close = difflib.get_close_matches(part, [str(k) for k in node], n=1)
+                hint = f" (did you mean {'.'.join([*path, close[0]])}?)" if close else ""
+                return (f"unknown config key {key!r}{hint}; valid keys in {where}: {', '.join(map(str, node))}. "
+                        f"To add a new key write +{key}=...")
+            node, path = node[part], [*path, part]
+    return None
+
+
+def rank_zero_outputs(argv: list[str]) -> list[str]:
+    """Under torchrun only rank 0 writes Hydra's files into the run folder (``.hydra/``,
+    ``train.log``); the other ranks log to the console only."""
+    if int(os.environ.get("RANK", "0")) > 0:
+        return [*argv, "hydra.output_subdir=null", "hydra/job_logging=stdout"]
+    return argv
+
+
 if __name__ == "__main__":
+    problem = unknown_key_message(sys.argv[1:])
+    if problem:  # before Hydra creates the run folder or any work starts
+        print(f"error: {problem}", file=sys.stderr)
+        sys.exit(1)
+    sys.argv = [sys.argv[0], *rank_zero_outputs(sys.argv[1:])]
     main()

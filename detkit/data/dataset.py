@@ -15,6 +15,8 @@ One sample is ``(image, target)``:
   image_id ``int``                   ``Record.image_id`` (detections are keyed by it)
   orig_size ``(h, w)`` ints          size of the image file
   size     ``(H, W)`` ints           size after resizing (what the detector sees, unpadded)
+  proposals ``(P, 4)`` float32 tensor only with ``proposals=``: the image's region proposals, xyxy
+                                     in the resized (and flipped) image's pixels, like ``boxes``
   ======== ========================= ==========================================================
 
 A box ``(x0, y0, x1, y1)`` predicted on the resized image maps back to the file's pixels by
@@ -22,7 +24,7 @@ A box ``(x0, y0, x1, y1)`` predicted on the resized image maps back to the file'
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -47,13 +49,23 @@ class DetectionDataset(Dataset):
             with keys ``image``, ``boxes``, ``labels``, ``difficult``, ``iscrowd``, ``size``, as
             returned by ``detkit.data.transforms.build_transforms``; ``None`` keeps the image and
             boxes as they are in the file.
+        proposals: ``{image_id: (P, 4) float}`` region proposals (Fast R-CNN's "object proposals")
+            in ORIGINAL-image xyxy pixels, as ``detkit.proposals.cache.load_proposals`` returns;
+            each target then gets ``proposals`` transformed exactly like its ``boxes`` (module
+            docstring; ``transforms`` then also receives an ``is_proposal`` per-box field). Images
+            missing from the dict get a ``(0, 4)`` tensor.
     """
 
-    def __init__(self, data: DetectionData, transforms: Callable[..., dict[str, Any]] | None = None):
+    def __init__(self, data: DetectionData, transforms: Callable[..., dict[str, Any]] | None = None, *,
+                 proposals: Mapping[int, np.ndarray] | None = None):
         if not isinstance(data, DetectionData):
             raise TypeError(f"DetectionDataset expects a DetectionData, got {type(data).__name__}")
+        if proposals is not None and not isinstance(proposals, Mapping):
+            raise TypeError(f"DetectionDataset: proposals must be a dict image_id -> (P, 4) array, "
+                            f"got {type(proposals).__name__}")
         self.data = data
         self.transforms = transforms
+        self.proposals = proposals
 
     @property
     def class_names(self) -> list[str]:
@@ -89,7 +101,11 @@ class DetectionDataset(Dataset):
         image = self._read(index, rec)
         orig_size = (int(image.shape[0]), int(image.shape[1]))
         boxes, labels, difficult, iscrowd = rec.boxes, rec.labels, rec.difficult, rec.iscrowd
-        if self.transforms is not None:
+        props = self._proposals_of(index, rec)
+        if self.transforms is not None and props is not None:
+            image, boxes, labels, difficult, iscrowd, props = _transform_with_proposals(
+                self.transforms, image, boxes, labels, difficult, iscrowd, props)
+        elif self.transforms is not None:
             out = self.transforms(image, boxes, labels=labels, difficult=difficult, iscrowd=iscrowd)
             image, boxes = out["image"], out["boxes"]
             labels, difficult, iscrowd = out["labels"], out["difficult"], out["iscrowd"]
@@ -105,9 +121,49 @@ class DetectionDataset(Dataset):
             "orig_size": orig_size,
             "size": size,
         }
+        if props is not None:
+            target["proposals"] = torch.tensor(props, dtype=torch.float32).reshape(-1, 4)
         # HWC -> CHW in one copy (the copy is also writable: read_image's array may not be).
         tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
         return tensor, target
+
+    def _proposals_of(self, index: int, rec: Record) -> np.ndarray | None:
+        """The record's ``(P, 4)`` float32 proposals (``(0, 4)`` when it has none), or ``None``
+        when this dataset carries no proposals."""
+        if self.proposals is None:
+            return None
+        p = self.proposals.get(rec.image_id)
+        if p is None:
+            return np.zeros((0, 4), dtype=np.float32)
+        p = np.asarray(p, dtype=np.float32)
+        if p.size and (p.ndim != 2 or p.shape[1] != 4):
+            raise DataError(f"sample {index} (image_id {rec.image_id}): proposals must be (P, 4), "
+                            f"got shape {p.shape}", file=rec.file_name)
+        return p.reshape(-1, 4)
+
+
+def _transform_with_proposals(transforms, image, boxes, labels, difficult, iscrowd, proposals):
+    """Run ``transforms`` once over the ground truth and the proposals together.
+
+    One call guarantees the proposals see the very same random scale and flip as the image and its
+    boxes. They ride along as extra boxes marked by an ``is_proposal`` per-box field (labels -1);
+    those that the transform drops (clipped away or below its minimum box size) are gone.
+    Returns ``(image, boxes, labels, difficult, iscrowd, proposals)``.
+    """
+    m, p = len(boxes), len(proposals)
+    is_proposal = np.concatenate([np.zeros(m, dtype=bool), np.ones(p, dtype=bool)])
+    out = transforms(
+        image, np.concatenate([np.asarray(boxes, dtype=np.float32).reshape(-1, 4), proposals]),
+        labels=np.concatenate([np.asarray(labels, dtype=np.int64).reshape(-1), np.full(p, -1, dtype=np.int64)]),
+        difficult=np.concatenate([np.asarray(difficult, dtype=bool).reshape(-1), np.zeros(p, dtype=bool)]),
+        iscrowd=np.concatenate([np.asarray(iscrowd, dtype=bool).reshape(-1), np.zeros(p, dtype=bool)]),
+        is_proposal=is_proposal,
+    )
+    sel = np.asarray(out["is_proposal"], dtype=bool)
+    gt = ~sel
+    new_boxes = np.asarray(out["boxes"], dtype=np.float32).reshape(-1, 4)
+    return (out["image"], new_boxes[gt], np.asarray(out["labels"])[gt], np.asarray(out["difficult"])[gt],
+            np.asarray(out["iscrowd"])[gt], new_boxes[sel])
 
 
 def collate_detections(

@@ -240,7 +240,14 @@ def build_model(config: dict[str, Any], num_classes: int) -> nn.Module:
     backbone_cfg = {k: v for k, v in cfg["backbone"].items() if k != "classifier"}
     try:
         backbone = instantiate(backbone_cfg)
-        return instantiate(model_cfg, backbone=backbone, num_classes=int(num_classes))
+        extra = {}
+        if cfg["method"].get("uses_classifier"):
+            # Methods built on the whole classification network (OverFeat) also get it.
+            if not isinstance(cfg["backbone"].get("classifier"), dict):
+                raise CheckpointError(f"method {cfg['method'].get('name')!r} needs the backbone config's "
+                                      "'classifier' node (configs/backbone/*.yaml), which is missing")
+            extra["classifier"] = instantiate(cfg["backbone"]["classifier"])
+        return instantiate(model_cfg, backbone=backbone, num_classes=int(num_classes), **extra)
     except InstantiationException as e:
         msg = str(e).split(", set env var HYDRA_FULL_ERROR")[0]
         cause = f" ({type(e.__cause__).__name__}: {e.__cause__})" if e.__cause__ is not None else ""

@@ -39,6 +39,16 @@ def to_original_coords(boxes: torch.Tensor, size: tuple[int, int], orig_size: tu
     return out
 
 
+def proposal_kwargs(targets: list[dict[str, Any]], device: torch.device | None = None) -> dict[str, Any]:
+    """``{"proposals": [(P_i, 4) tensor per image]}`` when every target carries ``proposals``
+    (datasets built with proposals, for Fast R-CNN), moved to ``device``; ``{}`` otherwise, so
+    detectors with their own proposer (Faster R-CNN) are called as before."""
+    if not targets or not all("proposals" in t for t in targets):
+        return {}
+    return {"proposals": [t["proposals"] if device is None else t["proposals"].to(device, non_blocking=True)
+                          for t in targets]}
+
+
 def autocast_context(device: torch.device, amp: str):
     """``torch.autocast`` for ``amp`` in {"none", "bf16", "fp16"}."""
     if amp not in ("none", "bf16", "fp16"):
@@ -65,7 +75,8 @@ def predict(
 
     Args:
         model: a detector following the detector contract (DDP-wrapped or not).
-        dataset: yields ``(image (3, H', W') uint8, target)`` with ``image_id``, ``size``, ``orig_size``.
+        dataset: yields ``(image (3, H', W') uint8, target)`` with ``image_id``, ``size``, ``orig_size``
+            (and ``proposals``, passed to the model as ``proposals=``, when the dataset has them).
         batch_size: images per forward pass.
     """
     from detkit.data.dataset import collate_detections
@@ -93,7 +104,7 @@ def predict(
             if channels_last:
                 batch.tensor = batch.tensor.contiguous(memory_format=torch.channels_last)
             with autocast_context(device, amp):
-                outputs = net(batch)
+                outputs = net(batch, **proposal_kwargs(targets, device))
             for out, tgt in zip(outputs, targets):
                 boxes = to_original_coords(out["boxes"].float(), tgt["size"], tgt["orig_size"])
                 results[int(tgt["image_id"])] = {

@@ -24,6 +24,7 @@ import logging
 import math
 import random
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ from tqdm.auto import tqdm
 
 from detkit.engine import distributed as ddp
 from detkit.engine.checkpoint import CheckpointManager, load_checkpoint, load_model_weights, make_state, restore_rng_state
-from detkit.engine.evaluator import autocast_context, predict, score_detections
+from detkit.engine.evaluator import autocast_context, predict, proposal_kwargs, score_detections
 from detkit.engine.optim import build_optimizer, build_scheduler
 
 log = logging.getLogger("detkit.train")
@@ -57,6 +58,11 @@ class SeededSamples(Dataset):
     Global RNGs are restored afterwards: loading in the main process never disturbs the model's
     random stream. The transforms' own albumentations generators are reseeded through
     ``set_random_seed`` when the dataset's ``transforms`` (or its ``.compose``) has it.
+
+    Lenient training: a sample whose image turns out unreadable only now (``DataError``: truncated,
+    corrupt, not an image, size differs from its record) is replaced by the next readable sample,
+    with one ``DataWarning`` naming the file (docs/reliability.md); the choice is deterministic, so
+    exact resume still holds. ``check_images=true`` at load time finds such files up front.
     """
 
     def __init__(self, dataset):
@@ -78,10 +84,22 @@ class SeededSamples(Dataset):
             if self._reseed is not None:
                 self._reseed(seed % 2**32)
             try:
-                return self.dataset[index]
+                return self._first_readable(index)
             finally:
                 random.setstate(py)
                 np.random.set_state(npst)
+
+    def _first_readable(self, index: int):
+        from detkit.data.problems import DataError, DataWarning
+
+        n = len(self.dataset)
+        for step in range(n):
+            try:
+                return self.dataset[(index + step) % n]
+            except DataError as e:
+                err = e
+                warnings.warn(f"{e}; training on the next readable sample in its place", DataWarning, stacklevel=2)
+        raise DataError(f"none of the {n} training images can be read (last: {err})")
 
 
 def _to_device(targets: list[dict[str, Any]], device: torch.device) -> list[dict[str, Any]]:
@@ -224,7 +242,7 @@ class Trainer:
             batch.tensor = batch.tensor.contiguous(memory_format=torch.channels_last)
         targets = _to_device(targets, self.device)
         with autocast_context(self.device, self.amp):
-            losses = self.model(batch, targets)
+            losses = self.model(batch, targets, **proposal_kwargs(targets))
         if not isinstance(losses, dict) or not losses:
             raise TypeError(f"in train mode the model must return a dict of losses, got {type(losses).__name__}")
         total = sum(v.float() for v in losses.values())
@@ -375,6 +393,22 @@ def prepare_data(data_cfg: dict) -> None:
     ddp.barrier()
 
 
+def split_proposals(conf: dict, data, split: str) -> dict[str, Any]:
+    """``{"proposals": {image_id: (P, 4)}}`` (``DetectionDataset`` keywords) of split ``split`` when
+    ``conf["method"]`` trains on precomputed proposals (``requires_proposals``), from the
+    ``data.proposals`` node (detkit/proposals/source.py; selective search is computed into its cache
+    on the main rank when missing); ``{}`` for the other methods or a split without data."""
+    if data is None or not conf["method"].get("requires_proposals"):
+        return {}
+    from detkit.proposals.source import load_configured_proposals, prepare_proposals
+
+    spec = conf["data"].get("proposals")
+    if ddp.is_main():
+        prepare_proposals(spec, data, progress=None if conf.get("progress", True) else False)
+    ddp.barrier()
+    return {"proposals": load_configured_proposals(spec, data, split=split)}
+
+
 def train_from_config(cfg) -> dict[str, Any]:
     """Everything ``tools/train.py`` does: data, model, ``Trainer.fit``, final test evaluation.
 
@@ -390,6 +424,11 @@ def train_from_config(cfg) -> dict[str, Any]:
     from detkit.evaluation.detections import save_detections
 
     conf = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    # --- R-CNN / SPPNet: stage-wise training (fine-tune, SVMs, box regression), detkit.engine.stages
+    if conf["method"].get("name") in ("rcnn", "sppnet"):
+        from detkit.engine.stages import train_stages
+        return train_stages(conf)
+    # --- end R-CNN / SPPNet
     device = ddp.resolve_device(conf.get("device", "auto"))
     ddp.init_distributed(device)
     seed, data_cfg, solver = int(conf.get("seed", 0)), conf["data"], dict(conf["solver"])
@@ -398,9 +437,12 @@ def train_from_config(cfg) -> dict[str, Any]:
         torch.backends.cudnn.benchmark = False
     else:
         torch.backends.cudnn.benchmark = True
-    if conf["method"].get("requires_proposals") and not data_cfg.get("proposals"):
-        raise ValueError(f"method {conf['method'].get('name')!r} trains on precomputed proposals, and the data "
-                         f"pipeline does not provide them yet (data.proposals is unset); use method=faster_rcnn")
+    if conf["method"].get("requires_proposals"):  # a missing/bad data.proposals fails before any work
+        from detkit.proposals.source import check_proposals_spec
+        try:
+            check_proposals_spec(data_cfg.get("proposals"))
+        except ValueError as e:
+            raise ValueError(f"method {conf['method'].get('name')!r} trains on precomputed proposals: {e}") from None
     prepare_data(data_cfg)
     train_data = load_split(data_cfg, "train")
     names, cat_ids = list(train_data.class_names), list(train_data.category_ids)
@@ -414,9 +456,11 @@ def train_from_config(cfg) -> dict[str, Any]:
     model = build_model(conf, len(names))
     run_dir = Path(conf["run_dir"])
     trainer = Trainer(
-        model=model, train_dataset=DetectionDataset(train_data, build_transforms(train=True, **tf)), run_dir=run_dir,
+        model=model, train_dataset=DetectionDataset(train_data, build_transforms(train=True, **tf),
+                                                    **split_proposals(conf, train_data, "train")), run_dir=run_dir,
         device=device, seed=seed, config=conf, class_names=names, category_ids=cat_ids,
-        val_dataset=DetectionDataset(val_data, test_tf) if val_data is not None else None, val_data=val_data,
+        val_dataset=DetectionDataset(val_data, test_tf, **split_proposals(conf, val_data, "val"))
+        if val_data is not None else None, val_data=val_data,
         **{k: conf[k] for k in ("amp", "channels_last", "num_workers", "checkpoint_every", "keep_every",
                                 "eval_every", "log_every", "skip_nonfinite", "progress", "tensorboard",
                                 "find_unused_parameters") if k in conf},
@@ -426,7 +470,8 @@ def train_from_config(cfg) -> dict[str, Any]:
     test_cfg = dict(conf.get("test") or {})
     if test_cfg.get("enabled", True) and data_cfg.get("test"):
         test_data = load_split(data_cfg, "test", names)
-        dets = predict(trainer.model, DetectionDataset(test_data, test_tf), device=device,
+        test_set = DetectionDataset(test_data, test_tf, **split_proposals(conf, test_data, "test"))
+        dets = predict(trainer.model, test_set, device=device,
                        batch_size=int(test_cfg.get("batch_size", 2)), amp=trainer.amp,
                        channels_last=trainer.channels_last, progress=trainer.progress, desc="test")
         if ddp.is_main():

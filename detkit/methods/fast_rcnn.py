@@ -3,6 +3,9 @@ softmax + class-specific box regression.
 
 Proposals come from outside (selective search or any boxes): ``model(batch, targets, proposals=...)``
 with one ``(P_i, 4)`` xyxy tensor per image in the batch's (resized) image pixel coordinates.
+For inference on arbitrary images (tools/infer.py passes none) a built-in ``proposer`` can run
+selective search on each image of the batch instead (eval mode only; training always takes the
+dataset's proposals, so that the boxes are computed once and cached).
 """
 from __future__ import annotations
 
@@ -27,24 +30,42 @@ class FastRCNN(TwoStageDetector):
     Args:
         backbone, num_classes, train_on_difficult, channels_last: see :class:`TwoStageDetector`.
         roi_head: a :class:`FastRCNNHead` built on ``backbone.region_head``.
+        proposer: ``"selective_search"``: in eval mode, when no ``proposals`` are given, search each
+            batch image (uint8, its true unpadded size, on the CPU) for them; ``None``: proposals
+            must always be given.
+        proposer_mode, proposer_max_side, proposer_min_size, proposer_max_proposals: the search's
+            ``mode``, ``max_side``, ``min_size``, ``max_proposals`` (``detkit.proposals.
+            selective_search``); use the settings the training proposals were made with.
     """
 
     def __init__(self, *, backbone: Backbone, roi_head: FastRCNNHead, num_classes: int,
-                 train_on_difficult: bool = True, channels_last: bool = False) -> None:
+                 train_on_difficult: bool = True, channels_last: bool = False, proposer: str | None = None,
+                 proposer_mode: str = "fast", proposer_max_side: int | None = 500, proposer_min_size: float = 20,
+                 proposer_max_proposals: int | None = None) -> None:
         super().__init__(backbone=backbone, num_classes=num_classes,
                          train_on_difficult=train_on_difficult, channels_last=channels_last)
         if roi_head.num_classes != num_classes:
             raise ValueError(f"fast_rcnn.py: roi_head predicts {roi_head.num_classes} classes, "
                              f"num_classes is {num_classes}")
+        if proposer not in (None, "selective_search"):
+            raise ValueError(f"fast_rcnn.py: proposer must be 'selective_search' or None, got {proposer!r}")
+        if proposer_mode not in ("fast", "quality", "single"):
+            raise ValueError(f"fast_rcnn.py: proposer_mode must be fast, quality or single, got {proposer_mode!r}")
         self.roi_head = roi_head
+        self.proposer = proposer
+        self.proposer_options = {"mode": proposer_mode, "max_side": proposer_max_side or None,
+                                 "min_size": proposer_min_size, "max_proposals": proposer_max_proposals}
         self._finish_init()
 
     def forward(self, batch: ImageBatch, targets: list[dict] | None = None,
                 proposals: Sequence[Tensor] | None = None):
         """Train: ``{"roi_cls", "roi_box"}``; eval: one ``{"boxes", "scores", "labels"}`` per image."""
+        if proposals is None and self.proposer is not None and not self.training:
+            proposals = self.propose(batch)
         if proposals is None:
             raise ValueError("fast_rcnn.py: FastRCNN needs proposals: call model(batch, targets, "
-                             "proposals=[(P_i, 4) tensor per image, xyxy in resized-image pixels])")
+                             "proposals=[(P_i, 4) tensor per image, xyxy in resized-image pixels])"
+                             + ("" if self.training else ", or build it with proposer='selective_search'"))
         images, image_hw = self.preprocess(batch)
         props, valid = self.pad_proposals(proposals, image_hw)
         features = self.backbone(images)
@@ -52,6 +73,23 @@ class FastRCNN(TwoStageDetector):
             gt_boxes, gt_labels, gt_valid = self.prepare_targets(targets, len(batch))
             return self.roi_head(features, props, valid, image_hw, gt_boxes, gt_labels, gt_valid)
         return self.roi_head(features, props, valid, image_hw)
+
+    @torch.no_grad()
+    def propose(self, batch: ImageBatch) -> list[Tensor]:
+        """Selective search on each image of ``batch`` -> ``(P_i, 4)`` float32 CPU tensors, xyxy in
+        the batch's pixels. CPU work (OpenCV), one image after another."""
+        import cv2
+
+        if not hasattr(cv2, "ximgproc"):  # opencv-python lacks the contrib modules
+            raise ImportError("fast_rcnn.py: the selective search proposer needs opencv-contrib-python "
+                              "(cv2.ximgproc is missing); install it, or pass proposals= explicitly")
+        from detkit.proposals.selective_search import selective_search
+
+        out = []
+        for i, (h, w) in enumerate(batch.image_sizes):
+            image = batch.tensor[i, :, :h, :w].permute(1, 2, 0).cpu().numpy()  # (h, w, 3) uint8 RGB
+            out.append(torch.from_numpy(selective_search(image, **self.proposer_options)))
+        return out
 
     def pad_proposals(self, proposals: Sequence[Tensor], image_hw: Tensor) -> tuple[Tensor, Tensor]:
         """List of ``(P_i, 4)`` -> clipped ``(N, P, 4)`` and ``valid`` ``(N, P)``."""
@@ -90,12 +128,17 @@ def fast_rcnn(*, backbone: Backbone, num_classes: int, roi_pool_mode: str = "poo
               batch_size_per_image: int = 64, positive_fraction: float = 0.25,
               fg_iou_thresh: float = 0.5, bg_iou_thresh_lo: float = 0.1,
               score_thresh: float = 0.05, nms_thresh: float = 0.3, detections_per_img: int = 100,
-              train_on_difficult: bool = True, channels_last: bool = False) -> FastRCNN:
-    """Build Fast R-CNN with the paper's settings (DESIGN.md §4); a Hydra ``_target_``."""
+              train_on_difficult: bool = True, channels_last: bool = False, proposer: str | None = None,
+              proposer_mode: str = "fast", proposer_max_side: int | None = 500, proposer_min_size: float = 20,
+              proposer_max_proposals: int | None = None) -> FastRCNN:
+    """Build Fast R-CNN with the paper's settings (DESIGN.md §4); a Hydra ``_target_``.
+    ``proposer*``: the built-in proposer for inference without given proposals (:class:`FastRCNN`)."""
     head = fast_rcnn_head(backbone=backbone, num_classes=num_classes, roi_pool_mode=roi_pool_mode,
                           batch_size_per_image=batch_size_per_image, positive_fraction=positive_fraction,
                           fg_iou_thresh=fg_iou_thresh, bg_iou_thresh_lo=bg_iou_thresh_lo,
                           score_thresh=score_thresh, nms_thresh=nms_thresh,
                           detections_per_img=detections_per_img)
     return FastRCNN(backbone=backbone, roi_head=head, num_classes=num_classes,
-                    train_on_difficult=train_on_difficult, channels_last=channels_last)
+                    train_on_difficult=train_on_difficult, channels_last=channels_last, proposer=proposer,
+                    proposer_mode=proposer_mode, proposer_max_side=proposer_max_side,
+                    proposer_min_size=proposer_min_size, proposer_max_proposals=proposer_max_proposals)

@@ -178,9 +178,10 @@ def compute_proposals(
             finally:
                 cv2.setNumThreads(saved_threads)
         else:
-            # fork where the platform has it: a spawned worker would spend seconds re-importing
-            # torch (via detkit.proposals); the workers run only OpenCV, single-threaded.
-            method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+            # spawn, not fork: forking a process that already runs threads (albumentations' and
+            # torch's pools, once the training code is imported) can deadlock the children. The
+            # workers import only cv2, numpy and detkit.data/proposals (no torch), so starting is cheap.
+            method = "spawn"
             with multiprocessing.get_context(method).Pool(min(workers, len(jobs)), initializer=_worker_init) as pool:
                 for result in pool.imap_unordered(_search_one, jobs):
                     bar.update(1)

@@ -46,10 +46,14 @@ class RoIPool(nn.Module):
             ``(R, C, S, S)``, regions in the order given (image by image for lists / padded).
         """
         rois = self._as_rows(rois, features)
-        # Under autocast torchvision runs these ops in float32 itself; keep box coordinates in
-        # float32 then (bf16 would round a coordinate of 600 to a multiple of 4 pixels).
-        if rois.dtype != features.dtype and not torch.is_autocast_enabled(features.device.type):
-            rois = rois.to(features.dtype)
+        if rois.dtype != features.dtype:
+            if torch.is_autocast_enabled(features.device.type):
+                # Keep box coordinates in float32 (bf16 would round a coordinate of 600 to a
+                # multiple of 4 pixels) and pool in float32, as torchvision's CUDA autocast rule
+                # does; its CPU autocast has no rule for roi_pool, which then rejects mixed dtypes.
+                features = features.float()
+            else:
+                rois = rois.to(features.dtype)
         if self.mode == "pool":
             return roi_pool(features, rois, self.output_size, self.spatial_scale)
         return roi_align(features, rois, self.output_size, self.spatial_scale,

@@ -109,3 +109,28 @@ def test_user_file_errors(tmp_path, data):
     np.savez(tmp_path / "c.npz", im0=np.array([object()], dtype=object))
     with pytest.raises(ProposalsError, match="c.npz: unreadable"):  # no pickle, ever
         read_proposals_file(tmp_path / "c.npz", data)
+
+
+def test_worker_pool_after_training_imports(tmp_path):
+    # Forked workers used to hang once albumentations (imported by the training code) had started
+    # its threads; the pool now spawns. Run in a subprocess so a hang is a timeout, not a stuck suite.
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        import detkit.data.transforms  # starts albumentations' threads, as train_from_config does
+        from detkit.data.synthetic import make_synthetic_voc
+        from detkit.data.voc import load_voc
+        from detkit.proposals.cache import compute_proposals, load_proposals
+        if __name__ == "__main__":
+            root = make_synthetic_voc({str(tmp_path / 'voc')!r}, num_images=4, image_size=(64, 96), seed=0)
+            data = load_voc(root, "trainval")
+            compute_proposals(data, {str(tmp_path / 'cache')!r}, workers=2, progress=False)
+            print(len(load_proposals({str(tmp_path / 'cache')!r}, data)))
+    """)
+    path = tmp_path / "run.py"
+    path.write_text(script)
+    out = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout.split()[-1]) == len(load_voc(tmp_path / "voc", "trainval"))

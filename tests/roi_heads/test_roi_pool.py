@@ -45,3 +45,21 @@ def test_bad_arguments():
         RoIPool(output_size=7, spatial_scale=1 / 16, mode="warp")
     with pytest.raises(ValueError, match="roi_pool.py"):
         RoIPool(output_size=2, spatial_scale=1.0)(_features(), torch.zeros(3, 3))
+
+
+def test_pool_and_align_run_under_cpu_bf16_autocast():
+    # torchvision's CPU autocast has no rule for roi_pool: mixed bf16 features / float32 boxes
+    # used to fail with "input should have the same type as rois".
+    import torch
+
+    from detkit.roi_heads.roi_pool import RoIPool
+
+    features = torch.randn(1, 4, 8, 8)
+    boxes = [torch.tensor([[0.0, 0.0, 64.0, 64.0], [16.0, 16.0, 48.0, 40.0]])]
+    for mode in ("pool", "align"):
+        op = RoIPool(output_size=2, spatial_scale=1 / 8, mode=mode)
+        expected = op(features, boxes)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = op(features.bfloat16(), boxes)
+        assert got.shape == (2, 4, 2, 2)
+        torch.testing.assert_close(got.float(), expected, atol=0.05, rtol=0.05)

@@ -1,0 +1,201 @@
+"""torchvision's ``FasterRCNN`` built as the same network as a detkit Faster R-CNN, for timing.
+
+:func:`build_torchvision_twin` copies a detkit :class:`~detkit.methods.faster_rcnn.FasterRCNN`
+into ``torchvision.models.detection.FasterRCNN``:
+
+* **trunk**: a copy of ``backbone.trunk`` (same layers and weights), wrapped to carry
+  ``out_channels`` (torchvision's backbone contract);
+* **RPN**: torchvision's ``AnchorGenerator`` with detkit's sizes and ratios (one feature map),
+  a torchvision ``RPNHead`` whose 3x3 conv has detkit's width, with detkit's weights copied in
+  (anchor channels reordered: detkit orders size-major, torchvision ratio-major); the same
+  pre/post-NMS top-n for training and test, NMS threshold, IoU thresholds and sampling;
+* **RoI pooling**: ``MultiScaleRoIAlign(["0"], roi_size, sampling_ratio=2)`` — torchvision has
+  only RoI *Align* (``aligned=False``); detkit's default is the paper's RoI max pooling, so for
+  the fairest comparison benchmark detkit with ``roi_pool_mode=align`` as well;
+* **region head**: a copy of ``backbone.region_head`` (flattened output, as ``TwoMLPHead``), and a
+  ``FastRCNNPredictor`` with detkit's weights (torchvision's extra background regressor is 0);
+* the same sampling counts (RoIs per image, foreground fraction, IoU 0.5), box coder weights
+  (10, 10, 5, 5), score threshold, NMS threshold and detections per image. torchvision's
+  background band is IoU in [0, 0.5); detkit's lower end (0.1 by default) cannot be set there.
+* **transform**: ``min_size`` / ``max_size`` set to the benchmark's input height/width so the
+  scale is exactly 1; torchvision still runs its bilinear ``interpolate`` at scale 1 (counted in
+  its ``preprocess`` phase, as every torchvision user pays it), and pads to 32 like ImageBatch.
+
+:class:`TorchvisionDetector` adapts the result to detkit's detector contract (``ImageBatch`` in,
+labels ``0..K-1``), so one benchmark loop drives both; :data:`TORCHVISION_PHASES` maps its phases.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import Tensor, nn
+from torchvision.models.detection import FasterRCNN as TVFasterRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator as TVAnchorGenerator
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor as TVPredictor
+from torchvision.models.detection.rpn import RPNHead as TVRPNHead
+from torchvision.ops import MultiScaleRoIAlign
+
+from detkit.analysis.benchmark import BenchmarkError
+from detkit.data.batch import ImageBatch
+
+# Phase -> dotted paths on a TorchvisionDetector (see detkit.analysis.benchmark.PhaseTimer).
+TORCHVISION_PHASES: dict[str, list[str]] = {
+    "preprocess": ["to_torchvision", "model.transform"],
+    "trunk": ["model.backbone"],
+    "proposals": ["model.rpn"],
+    "roi_sampling": ["model.roi_heads.select_training_samples"],
+    "region_head": ["model.roi_heads.box_roi_pool", "model.roi_heads.box_head", "model.roi_heads.box_predictor"],
+    "postprocess": ["model.roi_heads.postprocess_detections", "model.transform.postprocess", "from_torchvision"],
+    "rois": ["model.roi_heads.box_predictor"],
+}
+
+
+class _Trunk(nn.Module):
+    """detkit trunk with torchvision's backbone attribute: ``(N,3,H,W) -> (N,C,H/16,W/16)``."""
+
+    def __init__(self, trunk: nn.Module, out_channels: int) -> None:
+        super().__init__()
+        self.body = trunk
+        self.out_channels = int(out_channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.body(x)
+
+
+class _FlatHead(nn.Module):
+    """detkit region head, output flattened to ``(R, D)`` like torchvision's ``TwoMLPHead``."""
+
+    def __init__(self, head: nn.Module) -> None:
+        super().__init__()
+        self.head = head
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(x).flatten(1)
+
+
+class TorchvisionDetector(nn.Module):
+    """A torchvision detection model behind detkit's detector contract.
+
+    ``forward(batch: ImageBatch, targets=None)``: train mode -> torchvision's loss dict; eval mode
+    -> one ``{"boxes", "scores", "labels"}`` per image with labels in ``0..K-1``. The uint8 batch is
+    cut to each image's size and scaled to ``[0, 1]`` floats (torchvision normalises itself).
+    """
+
+    def __init__(self, model: TVFasterRCNN) -> None:
+        super().__init__()
+        self.model = model
+
+    def to_torchvision(self, batch: ImageBatch, targets: list[dict] | None):
+        images = [batch.tensor[i, :, :h, :w].float().div_(255.0) for i, (h, w) in enumerate(batch.image_sizes)]
+        if targets is None:
+            return images, None
+        # torchvision's class 0 is background, so object class k is label k + 1.
+        return images, [{"boxes": t["boxes"].float(), "labels": t["labels"].long() + 1} for t in targets]
+
+    def from_torchvision(self, detections: list[dict]) -> list[dict]:
+        return [{"boxes": d["boxes"], "scores": d["scores"], "labels": d["labels"] - 1} for d in detections]
+
+    def forward(self, batch: ImageBatch, targets: list[dict] | None = None):
+        images, tv_targets = self.to_torchvision(batch, targets if self.training else None)
+        if self.training:
+            return self.model(images, tv_targets)
+        return self.from_torchvision(self.model(images))
+
+
+def _anchor_permutation(num_sizes: int, num_ratios: int) -> Tensor:
+    """``perm[a_tv] = a_detkit``: torchvision anchor ``r * S + s`` is detkit's ``s * R + r``."""
+    return torch.tensor([s * num_ratios + r for r in range(num_ratios) for s in range(num_sizes)])
+
+
+@torch.no_grad()
+def _rpn_head_like(detkit_head: nn.Module, sizes: int, ratios: int) -> TVRPNHead:
+    """torchvision RPNHead with detkit's conv width and weights (anchor channels reordered)."""
+    conv = detkit_head.conv
+    tv = TVRPNHead(conv.in_channels, detkit_head.num_anchors)
+    # torchvision's RPNHead fixes the 3x3 conv's width to in_channels; use detkit's width.
+    tv.conv = nn.Sequential(copy.deepcopy(conv), nn.ReLU(inplace=True))
+    a, ch = detkit_head.num_anchors, conv.out_channels
+    perm = _anchor_permutation(sizes, ratios)
+    tv.cls_logits = nn.Conv2d(ch, a, kernel_size=1)
+    tv.bbox_pred = nn.Conv2d(ch, 4 * a, kernel_size=1)
+    tv.cls_logits.weight.copy_(detkit_head.objectness.weight[perm])
+    tv.cls_logits.bias.copy_(detkit_head.objectness.bias[perm])
+    perm4 = (perm[:, None] * 4 + torch.arange(4)[None, :]).reshape(-1)  # deltas are (A, 4) blocks
+    tv.bbox_pred.weight.copy_(detkit_head.deltas.weight[perm4])
+    tv.bbox_pred.bias.copy_(detkit_head.deltas.bias[perm4])
+    return tv
+
+
+@torch.no_grad()
+def _predictor_like(detkit_predictor: nn.Module) -> TVPredictor:
+    """torchvision predictor (K+1 classes, 4(K+1) deltas) computing detkit's scores and deltas."""
+    k = detkit_predictor.num_classes
+    d = detkit_predictor.cls_score.in_features
+    tv = TVPredictor(d, k + 1)
+    tv.cls_score.weight.copy_(detkit_predictor.cls_score.weight)  # both: index 0 is background
+    tv.cls_score.bias.copy_(detkit_predictor.cls_score.bias)
+    tv.bbox_pred.weight.zero_()
+    tv.bbox_pred.bias.zero_()
+    tv.bbox_pred.weight[4:].copy_(detkit_predictor.bbox_pred.weight)
+    tv.bbox_pred.bias[4:].copy_(detkit_predictor.bbox_pred.bias)
+    return tv
+
+
+def build_torchvision_twin(detector: nn.Module, input_hw: tuple[int, int]) -> TorchvisionDetector:
+    """torchvision ``FasterRCNN`` equal to ``detector`` (module docstring), on its device.
+
+    Args:
+        detector: a detkit ``FasterRCNN`` (has ``backbone``, ``rpn`` and ``roi_head``).
+        input_hw: the benchmark's ``(H, W)``: torchvision's resize is set to keep exactly it.
+
+    Raises:
+        BenchmarkError: ``detector`` is not a Faster R-CNN (torchvision has no Fast R-CNN with
+            given proposals, nor the classic methods).
+    """
+    if not all(hasattr(detector, a) for a in ("backbone", "rpn", "roi_head")):
+        raise BenchmarkError(f"torchvision_compare.py: --compare torchvision needs a Faster R-CNN "
+                             f"(backbone, rpn, roi_head); got {type(detector).__name__}")
+    bb, rpn, head = detector.backbone, detector.rpn, detector.roi_head
+    gen = rpn.anchor_generator
+    h, w = (int(v) for v in input_hw)
+    roi = head.roi_pool
+    device = detector.pixel_mean.device
+    model = TVFasterRCNN(
+        _Trunk(copy.deepcopy(bb.trunk), bb.out_channels), num_classes=None,
+        min_size=min(h, w), max_size=max(h, w),  # scale factor exactly 1: no resizing
+        image_mean=list(bb.pixel_mean), image_std=list(bb.pixel_std),
+        rpn_anchor_generator=TVAnchorGenerator(sizes=(tuple(gen.sizes),), aspect_ratios=(tuple(gen.aspect_ratios),)),
+        rpn_head=_rpn_head_like(rpn.head, len(gen.sizes), len(gen.aspect_ratios)),
+        rpn_pre_nms_top_n_train=rpn.pre_nms_top_n[True], rpn_pre_nms_top_n_test=rpn.pre_nms_top_n[False],
+        rpn_post_nms_top_n_train=rpn.post_nms_top_n[True], rpn_post_nms_top_n_test=rpn.post_nms_top_n[False],
+        rpn_nms_thresh=rpn.nms_thresh, rpn_fg_iou_thresh=rpn.matcher.thresholds[1],
+        rpn_bg_iou_thresh=rpn.matcher.thresholds[0], rpn_batch_size_per_image=rpn.batch_size_per_image,
+        rpn_positive_fraction=rpn.positive_fraction,
+        box_roi_pool=MultiScaleRoIAlign(featmap_names=["0"], output_size=roi.output_size, sampling_ratio=2),
+        box_head=_FlatHead(copy.deepcopy(bb.region_head)),
+        box_predictor=_predictor_like(head.predictor),
+        box_score_thresh=head.score_thresh, box_nms_thresh=head.nms_thresh,
+        box_detections_per_img=head.detections_per_img,
+        box_fg_iou_thresh=head.matcher.thresholds[1], box_bg_iou_thresh=head.matcher.thresholds[1],
+        box_batch_size_per_image=head.batch_size_per_image, box_positive_fraction=head.positive_fraction,
+        bbox_reg_weights=tuple(head.box_coder.weights),
+    )
+    model.to(device)
+    if getattr(detector, "channels_last", False):
+        model.to(memory_format=torch.channels_last)
+    return TorchvisionDetector(model)
+
+
+def ratios(detkit_result: dict, torchvision_result: dict) -> dict[str, float]:
+    """detkit / torchvision: ``train_speedup`` (images/s ratio, > 1 is detkit faster) and
+    ``infer_latency_ratio`` / ``infer_throughput_speedup`` (latency ratio < 1 is detkit faster)."""
+    out = {}
+    if "train" in detkit_result and "train" in torchvision_result:
+        out["train_speedup"] = detkit_result["train"]["images_per_s"] / torchvision_result["train"]["images_per_s"]
+    if "infer_latency" in detkit_result and "infer_latency" in torchvision_result:
+        out["infer_latency_ratio"] = (detkit_result["infer_latency"]["total_ms"]["median"]
+                                      / torchvision_result["infer_latency"]["total_ms"]["median"])
+        out["infer_throughput_speedup"] = (detkit_result["infer_throughput"]["images_per_s"]
+                                           / torchvision_result["infer_throughput"]["images_per_s"])
+    return out

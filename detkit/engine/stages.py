@@ -1,0 +1,335 @@
+"""Stage-wise training of R-CNN and SPPNet (``tools/train.py method=rcnn|sppnet``).
+
+    stage 1  finetune  fine-tune on regions (R-CNN: the whole network on warped regions; SPPNet:
+                       fc layers on SPP features, conv frozen); softmax over K + 1, 32 positive
+                       (IoU >= 0.5) + 96 background regions per step. ``detkit.engine.trainer.Trainer``
+                       runs it (exact resume from ``run_dir/finetune/last.pt``).
+    stage 2  svm       fc7 features of every training region (ground truth + all proposals),
+                       cached; one linear SVM per class with hard-negative mining
+                       (``detkit.rcnn.svm.train_class_svms``: ground truth positive, IoU < 0.3 negative).
+    stage 3  bbox      pool5 (SPPNet: SPP) features of the regions with IoU > 0.6; class-specific
+                       ridge box regression, lambda = 1000 (``detkit.rcnn.bbox_regression``).
+
+Each stage ends by writing ``run_dir/stage<i>_<name>.pt`` atomically (a detkit checkpoint of the
+whole model); a run finds the last stage written, loads it, and goes on with the next one, so an
+interrupted run resumes where it stopped and a finished one skips to the test. Then ``last.pt``
+(for ``tools/infer.py`` / ``tools/eval.py``), the test split's ``detections.json`` and
+``metrics.json``, as ``train_from_config`` writes them.
+
+Proposals come from ``data.proposals`` (``detkit.proposals.source``: a file, or selective search
+cached on disk); they reach the model through
+``DetectionDataset(..., proposals=)`` in the resized image's pixels. Training images use the test
+resize (no flip): the stages see every image at one scale, as the papers' feature caches did.
+
+Feature cache of stage 2 (``stages.svm.feature_cache``): ``memory``, ``disk`` (one float16 file per
+image in ``run_dir/cache/fc7/``, written atomically, reused by a resumed run) or ``auto`` (memory up
+to ``memory_limit_mb``). Its size, ``regions x D x 2`` bytes, is logged before anything is written.
+The SVM solver then holds all features on the model's device. Single process only (no DDP).
+"""
+from __future__ import annotations
+
+import logging
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torchvision.ops import box_iou
+from tqdm.auto import tqdm
+
+from detkit.engine.checkpoint import atomic_torch_save, load_checkpoint, load_model_weights, make_state
+
+log = logging.getLogger("detkit.stages")
+
+STAGES = ("finetune", "svm", "bbox")
+
+
+def load_split_proposals(conf: dict, data, split: str) -> dict[int, np.ndarray]:
+    """``{image_id: (P, 4)}`` original-image proposals of ``data`` from the ``data.proposals`` node
+    (``detkit.proposals.source``; selective search is computed into its cache first where missing)."""
+    from detkit.proposals.source import check_proposals_spec, load_configured_proposals, prepare_proposals
+
+    try:
+        spec = check_proposals_spec(conf["data"].get("proposals"))
+    except ValueError as e:
+        raise ValueError(f"method {conf['method'].get('name')!r} trains on proposals: {e}") from None
+    prepare_proposals(spec, data, progress=bool(conf.get("progress", True)))
+    return load_configured_proposals(spec, data, split=split)
+
+
+def proposal_dataset(conf: dict, data, split: str, proposals: dict[int, np.ndarray] | None = None):
+    """``DetectionDataset`` of ``data`` with the test resize (no flip: every stage sees each image
+    at one scale, like the papers' feature caches) and ``target["proposals"]`` in its pixels."""
+    if proposals is None:
+        proposals = load_split_proposals(conf, data, split)
+    from detkit.data.dataset import DetectionDataset
+    from detkit.data.transforms import build_transforms
+
+    tf = dict(conf["data"].get("transforms") or {})
+    test_tf = build_transforms(train=False, min_size=tf.get("min_size", 600), max_size=tf.get("max_size", 1000))
+    return DetectionDataset(data, test_tf, proposals=proposals)
+
+
+# ---------------------------------------------------------------------- regions of one image
+def _gt(model, target) -> tuple[torch.Tensor, torch.Tensor]:
+    """Usable ground truth of one target (crowd out; difficult per ``train_on_difficult``)."""
+    boxes, labels = target["boxes"].float().reshape(-1, 4), target["labels"].long().reshape(-1)
+    keep = ~target["iscrowd"].bool() & (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    if not model.train_on_difficult:
+        keep &= ~target["difficult"].bool()
+    return boxes[keep], labels[keep]
+
+
+def image_regions(model, target) -> dict[str, torch.Tensor]:
+    """R-CNN's per-image region table: ground truth first, then the proposals.
+
+    Returns ``boxes (M, 4)``, ``gt_mask (M,)``, ``overlaps (M, K)`` (IoU with the closest ground
+    truth of each class), ``labels (M,)`` (ground truth: its class; proposals: -1, their negatives
+    come from ``overlaps``) and the usable ground truth ``gt_boxes``, ``gt_labels``.
+    """
+    gt, gl = _gt(model, target)
+    h, w = target["size"]
+    p = target["proposals"].float().reshape(-1, 4)
+    p = torch.stack((p[:, 0].clamp(0, w), p[:, 1].clamp(0, h), p[:, 2].clamp(0, w), p[:, 3].clamp(0, h)), 1)
+    p = p[(p[:, 2] > p[:, 0]) & (p[:, 3] > p[:, 1])]
+    boxes = torch.cat((gt, p))
+    k = model.num_classes
+    overlaps = torch.zeros(len(boxes), k)
+    if len(gt):
+        iou = box_iou(boxes, gt)
+        for c in gl.unique().tolist():
+            overlaps[:, c] = iou[:, gl == c].max(dim=1).values
+    labels = torch.full((len(boxes),), -1, dtype=torch.long)
+    gt_mask = torch.zeros(len(boxes), dtype=torch.bool)
+    gt_mask[: len(gt)] = True
+    labels[: len(gt)] = gl
+    return {"boxes": boxes, "gt_mask": gt_mask, "overlaps": overlaps, "labels": labels,
+            "gt_boxes": gt, "gt_labels": gl}
+
+
+@torch.no_grad()
+def region_features(model, image: torch.Tensor, boxes: torch.Tensor, device, *, pool: bool) -> torch.Tensor:
+    """fc7 (or, with ``pool``, the box-regression features) of ``boxes`` on one uint8 image."""
+    from detkit.data.batch import ImageBatch
+
+    batch = ImageBatch.from_images([image]).to(device)
+    images, image_hw = model.preprocess(batch)
+    fc, pooled = model.region_features(images, image_hw, [boxes.to(device)], pool=pool)
+    return pooled if pool else fc
+
+
+# ---------------------------------------------------------------------- the stages
+def _stage_path(run_dir: Path, i: int) -> Path:
+    return run_dir / f"stage{i + 1}_{STAGES[i]}.pt"
+
+
+def _save_stage(model, run_dir: Path, i: int, info: dict, conf: dict, names, cat_ids, iteration: int) -> None:
+    state = make_state(model=model, iteration=iteration, config=conf, class_names=names, category_ids=cat_ids,
+                       metrics={"stage": STAGES[i], **info})
+    atomic_torch_save(state, _stage_path(run_dir, i))
+
+
+def finetune(model, dataset, conf: dict, run_dir: Path, device, names, cat_ids) -> dict:
+    """Stage 1 with the generic ``Trainer`` (its own resumable ``run_dir/finetune/last.pt``)."""
+    from detkit.engine.trainer import Trainer
+
+    ft = dict(conf["method"]["stages"]["finetune"])
+    if int(ft.get("max_iters", 0)) <= 0:
+        return {"iteration": 0}
+    trainer = Trainer(model=model, train_dataset=dataset, run_dir=run_dir / "finetune", device=device,
+                      seed=int(conf.get("seed", 0)), config=conf, class_names=names, category_ids=cat_ids,
+                      **{k: conf[k] for k in ("amp", "num_workers", "checkpoint_every", "log_every", "progress",
+                                              "tensorboard", "skip_nonfinite") if k in conf}, **ft)
+    summary = trainer.fit(resume=True)
+    losses = [h["loss"] for h in trainer.history]
+    return {"iteration": summary["iteration"], "first_loss": losses[0] if losses else None,
+            "last_loss": losses[-1] if losses else None}
+
+
+def _feature_table(model, dataset, device, cfg: dict, cache_dir: Path, progress: bool) -> dict[str, torch.Tensor]:
+    """Stage 2's cache: fc7 of all regions of every training image + their labels and overlaps."""
+    d, mode = model.feature_dim, cfg.get("feature_cache", "auto")
+    rows_est = sum(len(dataset.proposals[r.image_id]) + len(r.boxes) for r in dataset.data.records)  # upper bound
+    mb = rows_est * d * 2 / 2**20
+    if mode == "auto":
+        mode = "memory" if mb <= float(cfg.get("memory_limit_mb", 2048)) else "disk"
+    if mode not in ("memory", "disk"):
+        raise ValueError(f"stages.py: stages.svm.feature_cache must be memory, disk or auto, got {mode!r}")
+    where = "in memory" if mode == "memory" else f"on disk in {cache_dir}"
+    log.info("fc7 feature cache: %d regions x %d dims, float16 = %.1f MB, kept %s", rows_est, d, mb, where)
+    if progress:
+        tqdm.write(f"stage 2: fc7 cache of {rows_est} regions x {d} (float16) = {mb:.1f} MB, {where}")
+    feats, meta = [], []
+    for i in tqdm(range(len(dataset)), desc="stage 2: fc7 features", unit="img", disable=not progress):
+        image, target = dataset[i]
+        reg = image_regions(model, target)
+        path = cache_dir / f"{target['image_id']:06d}.pt"
+        if mode == "disk" and path.is_file():
+            f = torch.load(path, map_location="cpu", weights_only=True)
+        else:
+            f = region_features(model, image, reg["boxes"], device, pool=False).half().cpu()
+            if mode == "disk":
+                atomic_torch_save(f, path)
+        if f.shape != (len(reg["boxes"]), d):
+            raise ValueError(f"{path}: cached features {tuple(f.shape)} do not fit {len(reg['boxes'])} regions "
+                             f"x {d}; delete {cache_dir}")
+        feats.append(f)
+        meta.append((reg, i))
+    return {
+        "features": torch.cat(feats),
+        "labels": torch.cat([r["labels"] for r, _ in meta]),
+        "gt_mask": torch.cat([r["gt_mask"] for r, _ in meta]),
+        "overlaps": torch.cat([r["overlaps"] for r, _ in meta]),
+        "image_ids": torch.cat([torch.full((len(r["boxes"]),), i) for r, i in meta]),
+    }
+
+
+def fit_svms(model, dataset, conf: dict, run_dir: Path, device, progress: bool) -> dict:
+    """Stage 2: cache fc7, fit one SVM per class, store them in the model's buffers."""
+    from detkit.rcnn.svm import feature_scale, train_class_svms
+
+    cfg = dict(conf["method"]["stages"]["svm"])
+    model.eval()
+    table = _feature_table(model, dataset, device, cfg, run_dir / "cache" / "fc7", progress)
+    feats = table["features"].to(device).float()
+    scale = feature_scale(feats)
+    neg_iou = float(cfg.pop("neg_iou", 0.3))
+    svm_kwargs = {k: v for k, v in cfg.items() if k not in ("feature_cache", "memory_limit_mb")}
+    weights, biases = train_class_svms(feats.mul_(scale), table["labels"], table["gt_mask"], table["overlaps"],
+                                       num_classes=model.num_classes, neg_iou=neg_iou,
+                                       image_ids=table["image_ids"], **svm_kwargs)
+    with torch.no_grad():
+        model.svm_weight.copy_(weights)
+        model.svm_bias.copy_(biases)
+        model.svm_scale.fill_(scale)
+    return {"regions": len(feats), "feature_dim": feats.shape[1], "feature_scale": scale}
+
+
+def fit_bbox(model, dataset, conf: dict, device, progress: bool) -> dict:
+    """Stage 3: pool5 features of regions with IoU > min_iou; ridge regressors into the model."""
+    from detkit.rcnn.bbox_regression import fit_box_regressors
+
+    cfg = dict(conf["method"]["stages"]["bbox"])
+    if not cfg.get("enabled", True):
+        return {"enabled": False}
+    min_iou, model = float(cfg.get("min_iou", 0.6)), model.eval()
+    feats, boxes, index, gts, gls = [], [], [], [], []
+    for i in tqdm(range(len(dataset)), desc="stage 3: pool5 features", unit="img", disable=not progress):
+        image, target = dataset[i]
+        reg = image_regions(model, target)
+        sel = reg["overlaps"].max(dim=1).values > min_iou
+        gts.append(reg["gt_boxes"])
+        gls.append(reg["gt_labels"])
+        if sel.any():  # only these rows train the regressors: no need to cache the rest
+            feats.append(region_features(model, image, reg["boxes"][sel], device, pool=True).float())
+            boxes.append(reg["boxes"][sel])
+            index.append(torch.full((int(sel.sum()),), len(gts) - 1))
+    if not feats:
+        raise ValueError(f"stages.py: no training region overlaps a ground truth by more than {min_iou}")
+    reg_model = fit_box_regressors(torch.cat(feats), torch.cat(boxes).to(device), gts, gls,
+                                   num_classes=model.num_classes, image_index=torch.cat(index).to(device),
+                                   lam=float(cfg.get("lam", 1000.0)), min_iou=min_iou)
+    model.bbox_regressor.load_state_dict(reg_model.state_dict())
+    return {"examples": reg_model.num_examples.tolist()}
+
+
+# ---------------------------------------------------------------------- test and the driver
+@torch.no_grad()
+def predict_with_proposals(model, dataset, *, device, batch_size: int = 1,
+                           progress: bool = True, desc: str = "test") -> tuple[dict, float]:
+    """Detections (the evaluation contract, original-image pixels) of every image, computed on the
+    dataset's proposals; also the mean seconds per image (proposal search excluded)."""
+    from detkit.data.batch import ImageBatch
+    from detkit.engine.evaluator import to_original_coords
+
+    model.eval()
+    results, seconds = {}, 0.0
+    order = range(0, len(dataset), batch_size)
+    for start in tqdm(order, desc=desc, unit="batch", disable=not progress, leave=False):
+        items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+        batch = ImageBatch.from_images([im for im, _ in items]).to(device)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        outputs = model(batch, proposals=[t["proposals"].to(device) for _, t in items])
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds += time.perf_counter() - t0
+        for out, (_, tgt) in zip(outputs, items):
+            boxes = to_original_coords(out["boxes"].float(), tgt["size"], tgt["orig_size"])
+            results[int(tgt["image_id"])] = {
+                "boxes": boxes.cpu().numpy().astype(np.float32).reshape(-1, 4),
+                "scores": out["scores"].float().cpu().numpy().astype(np.float32).reshape(-1),
+                "labels": out["labels"].cpu().numpy().astype(np.int64).reshape(-1)}
+    return results, seconds / max(len(dataset), 1)
+
+
+def train_stages(cfg) -> dict[str, Any]:
+    """``tools/train.py`` for R-CNN / SPPNet: stages 1-3 (skipping finished ones), ``last.pt``,
+    then the test split's ``metrics.json`` / ``detections.json`` like ``train_from_config``."""
+    from omegaconf import DictConfig, OmegaConf
+
+    from detkit.engine import distributed as ddp
+    from detkit.engine.checkpoint import build_model
+    from detkit.engine.evaluator import score_detections, write_json
+    from detkit.engine.trainer import load_split, prepare_data
+    from detkit.evaluation.detections import save_detections
+
+    conf = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    if "stages" not in conf["method"]:
+        raise ValueError(f"method {conf['method'].get('name')!r} has no 'stages' node (configs/method/rcnn.yaml)")
+    device, progress = ddp.resolve_device(conf.get("device", "auto")), bool(conf.get("progress", True))
+    seed, data_cfg, run_dir = int(conf.get("seed", 0)), conf["data"], Path(conf["run_dir"])
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    prepare_data(data_cfg)
+    train_data = load_split(data_cfg, "train")
+    names, cat_ids = list(train_data.class_names), list(train_data.category_ids)
+    # Proposals first (a missing or bad proposals source fails before any model work). Note:
+    # detkit.proposals.cache forks its workers; with workers > 1 they were measured to hang in
+    # threaded processes (after albumentations is imported, and under tools/train.py).
+    test_cfg = dict(conf.get("test") or {})
+    test_data = load_split(data_cfg, "test", names) if test_cfg.get("enabled", True) and data_cfg.get("test") else None
+    train_props = load_split_proposals(conf, train_data, "train")
+    test_props = load_split_proposals(conf, test_data, "test") if test_data is not None else None
+    train_set = proposal_dataset(conf, train_data, "train", train_props)
+    test_set = proposal_dataset(conf, test_data, "test", test_props) if test_data is not None else None
+    model = build_model(conf, len(names)).to(device)
+
+    done = max((i for i in range(len(STAGES)) if _stage_path(run_dir, i).is_file()), default=-1)
+    info: dict[str, Any] = {}
+    if done >= 0:
+        ckpt = load_checkpoint(_stage_path(run_dir, done))
+        load_model_weights(model, ckpt["model"], source=str(_stage_path(run_dir, done)))
+        info = dict(ckpt.get("metrics", {}).get("stages", {}))
+        log.info("stages up to %s already done (%s)", STAGES[done], _stage_path(run_dir, done))
+    for i in range(done + 1, len(STAGES)):
+        t0 = time.perf_counter()
+        if i == 0:
+            result = finetune(model, train_set, conf, run_dir, device, names, cat_ids)
+        elif i == 1:
+            result = fit_svms(model, train_set, conf, run_dir, device, progress)
+        else:
+            result = fit_bbox(model, train_set, conf, device, progress)
+        info[STAGES[i]] = {**result, "seconds": time.perf_counter() - t0}
+        _save_stage(model, run_dir, i, {"stages": info}, conf, names, cat_ids,
+                    int(info.get("finetune", {}).get("iteration", 0)))
+    iteration = int(info.get("finetune", {}).get("iteration", 0))
+    atomic_torch_save(make_state(model=model, iteration=iteration, config=conf, class_names=names,
+                                 category_ids=cat_ids, metrics={"stages": info}), run_dir / "last.pt")
+    summary: dict[str, Any] = {"iteration": iteration, "stages": info, "checkpoint": str(run_dir / "last.pt")}
+    if test_set is not None:
+        dets, sec = predict_with_proposals(model, test_set, device=device, progress=progress,
+                                           batch_size=int(test_cfg.get("batch_size", 1)))
+        scores = score_detections(dets, test_data, coco=bool(test_cfg.get("coco", True)))
+        summary["test"] = scores
+        save_detections(run_dir / "detections.json", dets, test_data)
+        write_json(run_dir / "metrics.json", {"data": test_data.name, "num_images": len(test_data),
+                                              "iteration": iteration, "seconds_per_image": sec,
+                                              "stages": info, **scores})
+        tqdm.write(f"test mAP: VOC07 {scores['voc07']['mAP']}  VOC12 {scores['voc12']['mAP']}  "
+                   f"({sec:.3f} s/img) -> {run_dir / 'metrics.json'}")
+    return summary
