@@ -49,7 +49,7 @@ DEMO_OVERRIDES = [
 def main(argv: list[str]) -> int:
     from hydra import compose, initialize_config_dir
 
-    from detkit.engine.trainer import train_from_config
+    from detkit.engine.run import train_from_config
 
     sys.path.insert(0, str(TOOLS))
     import infer  # tools/infer.py

@@ -1,6 +1,6 @@
 """Train a detector: ``python tools/train.py method=faster_rcnn backbone=vgg16 data=voc07 data.root=...``.
 
-A Hydra app over ``configs/train.yaml``; the logic is ``detkit.engine.trainer.train_from_config``.
+A Hydra app over ``configs/train.yaml``; the logic is ``detkit.engine.run.train_from_config``.
 The composed config is saved in ``<run_dir>/.hydra/`` and inside every checkpoint. Several
 processes: ``torchrun --nproc_per_node=G tools/train.py ...`` (docs/training.md).
 """
@@ -22,7 +22,8 @@ log = logging.getLogger("detkit.train")
 def main(cfg: DictConfig) -> None:
     from detkit.engine import distributed as ddp
     from detkit.engine.checkpoint import CheckpointError
-    from detkit.engine.trainer import NonFiniteLossError, train_from_config
+    from detkit.engine.run import train_from_config
+    from detkit.engine.trainer import NonFiniteLossError
 
     try:
         train_from_config(cfg)

@@ -274,7 +274,7 @@ def train_stages(cfg) -> dict[str, Any]:
     from detkit.engine import distributed as ddp
     from detkit.engine.checkpoint import build_model
     from detkit.engine.evaluator import score_detections, write_json
-    from detkit.engine.trainer import load_split, prepare_data
+    from detkit.engine.run import load_split, prepare_data
     from detkit.evaluation.detections import save_detections
 
     conf = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)

@@ -11,7 +11,8 @@ from detkit.data.synthetic import make_synthetic_voc
 from detkit.data.transforms import build_transforms
 from detkit.data.voc import load_voc
 from detkit.engine.evaluator import predict, to_original_coords
-from detkit.engine.trainer import Trainer, train_from_config
+from detkit.engine.run import train_from_config
+from detkit.engine.trainer import Trainer
 from detkit.methods.fast_rcnn import fast_rcnn
 from tests.methods.test_fast_rcnn import tiny_backbone
 
