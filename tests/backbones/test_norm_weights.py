@@ -17,13 +17,6 @@ from detkit.backbones.weights import (WeightsFileError, WeightsMismatchError,
                                       read_state_dict, resolve_weights)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: these tiny forwards run faster so on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_make_norm_kinds_and_groups():

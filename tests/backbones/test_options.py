@@ -21,13 +21,6 @@ from detkit.backbones.vgg import vgg16, vgg16_backbone
 from detkit.backbones.zfnet import zfnet, zfnet_backbone
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: these tiny forwards run faster so on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # builder -> (trunk channels, head channels, roi size) at width 0.25, from the papers' widths

@@ -14,13 +14,6 @@ from detkit.backbones.vgg import vgg16
 from detkit.backbones.zfnet import zfnet
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: these tiny forwards run faster so on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def n_params(m: nn.Module) -> int:

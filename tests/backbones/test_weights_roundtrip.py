@@ -18,13 +18,6 @@ from detkit.backbones.resnet import resnet50, resnet101, resnet101_backbone
 from detkit.backbones.vgg import vgg16, vgg16_backbone
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: these tiny forwards run faster so on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 tvm = torchvision.models

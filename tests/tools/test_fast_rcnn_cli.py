@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from detkit.engine.checkpoint import load_checkpoint
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -46,7 +48,7 @@ def test_train_with_selective_search_then_infer(tmp_path):
     assert len(list(cache.glob("synthetic_test-fast-500/*.npz"))) == n_test
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["iteration"] == 3 and metrics["num_images"] == n_test and "mAP" in metrics["voc07"]
-    ckpt = torch.load(run / "last.pt", map_location="cpu", weights_only=False)
+    ckpt = load_checkpoint(run / "last.pt")  # weights_only=True, as every detkit load
     assert ckpt["config"]["method"]["model"]["proposer"] == "selective_search"
 
     # tools/infer.py passes no proposals: the model's selective search proposer supplies them.
