@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from detkit.engine.checkpoint import load_checkpoint
 
