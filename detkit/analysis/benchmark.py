@@ -24,18 +24,14 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import os
-import platform
-import resource
-import statistics
-import subprocess
-import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
+# machine_info, git_commit, COUNTERS, summarize and BenchmarkError are part of this module's API too.
+from detkit.analysis.machine import current_memory_mb, git_commit, machine_info, peak_memory_mb, reset_peak_memory  # noqa: F401
+from detkit.analysis.timing import COUNTERS, BenchmarkError, Clock, PhaseTimer, summarize  # noqa: F401
 from detkit.data.batch import ImageBatch
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -52,142 +48,8 @@ DETKIT_PHASES: dict[str, list[str]] = {
     "postprocess": ["roi_head.postprocess"],
     "rois": ["roi_head.predictor"],  # not a phase: counts the regions its first output has
 }
-COUNTERS = ("rois",)
 
 
-class BenchmarkError(ValueError):
-    """Bad benchmark settings (sizes, precision, counts) or a model the benchmark cannot drive."""
-
-
-# ----------------------------------------------------------------------------- statistics, clock
-def summarize(samples: Sequence[float]) -> dict[str, float]:
-    """Median, quartiles (inclusive method), min, max and count of ``samples``."""
-    xs = sorted(float(v) for v in samples)
-    if not xs:
-        raise BenchmarkError("benchmark.py: no samples to summarise")
-    q1, _, q3 = statistics.quantiles(xs, n=4, method="inclusive") if len(xs) > 1 else (xs[0],) * 3
-    return {"median": statistics.median(xs), "q1": q1, "q3": q3, "min": xs[0], "max": xs[-1], "n": len(xs)}
-
-
-class Clock:
-    """Time stamps on ``device``: CUDA events (GPU) or ``perf_counter`` seconds (CPU)."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.cuda = device.type == "cuda"
-        self.device = device
-
-    def mark(self):
-        if self.cuda:
-            event = torch.cuda.Event(enable_timing=True)
-            event.record(torch.cuda.current_stream(self.device))
-            return event
-        return time.perf_counter()
-
-    def sync(self) -> None:
-        if self.cuda:
-            torch.cuda.synchronize(self.device)
-
-    def ms(self, start, end) -> float:
-        """Milliseconds between two marks (call :meth:`sync` first on a GPU)."""
-        return float(start.elapsed_time(end)) if self.cuda else (end - start) * 1000.0
-
-
-def _resolve(root: object, path: str) -> tuple[object, str, object] | None:
-    """``"a.b.c"`` -> ``(owner a.b, "c", value)``, or ``None`` if any part is missing."""
-    owner = root
-    *parents, last = path.split(".")
-    for name in parents:
-        owner = getattr(owner, name, None)
-        if owner is None:
-            return None
-    value = getattr(owner, last, None)
-    return None if value is None else (owner, last, value)
-
-
-class PhaseTimer(contextlib.AbstractContextManager):
-    """Accumulate time per phase while active: forward hooks on modules, wrappers on methods.
-
-    Args:
-        model: the detector.
-        phases: phase name -> dotted paths (``DETKIT_PHASES``); paths missing from ``model`` are
-            skipped (``found`` lists the ones used).
-        clock: the :class:`Clock`.
-
-    Use :meth:`start` before a call and :meth:`totals_ms` after it (and after ``clock.sync()``).
-    Calls of one phase that nest (a hooked module inside another of the same phase) count once.
-    The ``rois`` entry is a counter, not a phase: ``rois`` sums the first dimension of the
-    hooked module's (first) output — the regions the region head ran on in the call.
-    """
-
-    def __init__(self, model: nn.Module, phases: dict[str, list[str]], clock: Clock) -> None:
-        self.model, self.clock = model, clock
-        self.found: dict[str, list[str]] = {name: [] for name in phases}
-        self._targets = []
-        for name, paths in phases.items():
-            for path in paths:
-                hit = _resolve(model, path)
-                if hit is not None and (isinstance(hit[2], nn.Module) or callable(hit[2])):
-                    self._targets.append((name, path, *hit))
-                    self.found[name].append(path)
-        self._handles: list = []
-        self._patched: list[tuple[object, str]] = []
-        self._open: dict[str, list] = {}
-        self._spans: dict[str, list] = {}
-        self.rois = 0
-
-    def extra(self, name: str) -> contextlib.AbstractContextManager:
-        """A phase measured around code in the benchmark loop (``backward``, ``optimizer``)."""
-        self.found.setdefault(name, ["<benchmark loop>"])
-        return self._span(name)
-
-    @contextlib.contextmanager
-    def _span(self, name: str):
-        self._enter(name)
-        try:
-            yield
-        finally:
-            self._exit(name)
-
-    def _enter(self, name: str) -> None:
-        stack = self._open.setdefault(name, [])
-        stack.append(self.clock.mark() if not stack else None)
-
-    def _exit(self, name: str) -> None:
-        start = self._open[name].pop()
-        if start is not None:
-            self._spans.setdefault(name, []).append((start, self.clock.mark()))
-
-    def __enter__(self) -> "PhaseTimer":
-        for name, _, owner, attr, value in self._targets:
-            if name in COUNTERS and isinstance(value, nn.Module):
-                self._handles.append(value.register_forward_hook(self._count))
-            elif isinstance(value, nn.Module):
-                self._handles.append(value.register_forward_pre_hook(lambda *_, n=name: self._enter(n)))
-                self._handles.append(value.register_forward_hook(lambda *_, n=name: self._exit(n)))
-            else:
-                def timed(*args, _f=value, _n=name, **kwargs):
-                    with self._span(_n):
-                        return _f(*args, **kwargs)
-                setattr(owner, attr, timed)  # instance attribute shadows the class's method
-                self._patched.append((owner, attr))
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for h in self._handles:
-            h.remove()
-        for owner, attr in self._patched:
-            delattr(owner, attr)
-        self._handles, self._patched = [], []
-
-    def _count(self, _module, _args, output) -> None:
-        first = output[0] if isinstance(output, (tuple, list)) else output
-        self.rois += int(first.shape[0])
-
-    def start(self) -> None:
-        self._open, self._spans, self.rois = {}, {}, 0
-
-    def totals_ms(self) -> dict[str, float]:
-        return {name: sum(self.clock.ms(a, b) for a, b in spans) for name, spans in self._spans.items()}
 
 
 # ----------------------------------------------------------------------------- random inputs
@@ -217,75 +79,6 @@ def random_targets(n: int, height: int, width: int, *, num_classes: int, boxes_p
     return [{"boxes": random_boxes(boxes_per_image, height, width, generator=generator).to(device),
              "labels": torch.randint(0, num_classes, (boxes_per_image,), generator=generator).to(device)}
             for _ in range(n)]
-
-
-# ----------------------------------------------------------------------------- machine, memory
-def machine_info(device: torch.device) -> dict:
-    """CPU model, cores, threads, GPU name, library versions (the context of every number)."""
-    import torchvision
-
-    cpu = platform.processor() or ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    info = {"cpu": cpu, "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "platform": platform.platform(), "python": platform.python_version(),
-            "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "device": str(device), "gpu": None, "cuda": torch.version.cuda}
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
-
-
-def git_commit(repo: str | os.PathLike | None = None) -> dict:
-    """``{"commit", "dirty"}`` of the checkout (read-only git calls; ``None`` outside git)."""
-    repo = Path(repo) if repo is not None else Path(__file__).resolve().parents[2]
-
-    def git(*args: str) -> str | None:
-        try:
-            out = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=20)
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return out.stdout.strip() if out.returncode == 0 else None
-
-    commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no") if commit else None
-    return {"commit": commit, "dirty": bool(status) if status is not None else None}
-
-
-def _reset_peak_memory(device: torch.device) -> str:
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        return "cuda_max_memory_allocated"
-    try:  # Linux: "5" resets VmHWM (peak RSS) to the current RSS
-        Path("/proc/self/clear_refs").write_text("5")
-        return "rss_peak_since_reset"
-    except OSError:
-        return "rss_peak_of_process"
-
-
-def _proc_status_mb(key: str) -> float:
-    """``VmRSS`` / ``VmHWM`` of this process from ``/proc/self/status`` (NaN where absent)."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1024.0  # kB
-    return float("nan")
-
-
-def _current_memory_mb(device: torch.device) -> float:
-    """Memory in use now: CUDA tensors allocated, or the process's resident set on the CPU."""
-    return torch.cuda.memory_allocated(device) / 2**20 if device.type == "cuda" else _proc_status_mb("VmRSS")
-
-
-def _peak_memory_mb(device: torch.device, kind: str) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    if kind == "rss_peak_since_reset":
-        return _proc_status_mb("VmHWM")
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
 # ----------------------------------------------------------------------------- measurements
@@ -391,8 +184,8 @@ def measure(entries: dict[str, tuple[nn.Module, dict[str, list[str]], Callable]]
                     s[p].append(spans.get(p, 0.0))
         results = {}
         for name, (step, timer, clock, device) in runs.items():
-            kind = _reset_peak_memory(device)
-            baseline = _current_memory_mb(device)
+            kind = reset_peak_memory(device)
+            baseline = current_memory_mb(device)
             timer.start()
             step(timer)
             clock.sync()
@@ -403,7 +196,7 @@ def measure(entries: dict[str, tuple[nn.Module, dict[str, list[str]], Callable]]
                    "phases_ms": {p: summarize(s[p]) for p in phase_names} | {"other": summarize(other)},
                    "phase_sources": {p: timer.found.get(p, []) for p in phase_names},
                    "batch_size": batch_size, "images_per_s": batch_size / (total["median"] / 1000.0),
-                   "peak_memory_mb": _peak_memory_mb(device, kind), "memory_kind": kind,
+                   "peak_memory_mb": peak_memory_mb(device, kind), "memory_kind": kind,
                    "baseline_memory_mb": baseline,
                    "rois_per_image": sum(s["rois"]) / (len(s["rois"]) * batch_size)}
             if s["outputs"] and s["outputs"][0] is not None:
