@@ -38,7 +38,7 @@ def test_sigkill_at_random_point_then_resume_gives_identical_weights(reference):
     tmp, data, ref_ckpt = reference
     run_dir = tmp / "killed"
     rng = random.Random()  # a different kill point every time; printed on failure
-    delay = rng.uniform(0.0, 0.8)
+    delay = rng.uniform(0.0, 0.4)  # mostly mid-training; on a fast machine possibly in the final evaluation
     proc = subprocess.Popen(train_cmd(run_dir, data, *RUN), cwd=REPO, env=ENV, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
@@ -51,9 +51,10 @@ def test_sigkill_at_random_point_then_resume_gives_identical_weights(reference):
     proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     proc.stderr.close()
-    # Never a half-written last.pt: what is there loads, and is an earlier iteration.
+    # Never a half-written last.pt: what is there loads, at a checkpoint iteration (ITERS when the
+    # kill came after training, during the final test evaluation: resume must then finish too).
     at_kill = load_checkpoint(run_dir / "last.pt")["iteration"]
-    assert at_kill % EVERY == 0 and EVERY <= at_kill < ITERS, f"delay {delay:.3f}s"
+    assert at_kill % EVERY == 0 and EVERY <= at_kill <= ITERS, f"delay {delay:.3f}s"
 
     r = run(train_cmd(run_dir, data, *RUN, "resume=true"))
     assert r.returncode == 0, r.stderr[-3000:]
