@@ -2,11 +2,9 @@
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import json
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +15,7 @@ from tests.data._fixtures import make_voc
 from detkit.data.coco import load_coco
 from detkit.data.convert import to_coco_dict, write_coco_json
 from detkit.data.voc import load_voc
+from tests._tools import load_tool
 
 SPEC = {
     "a": {"objects": [("dog", (1, 2, 10, 20)), {"name": "cat", "box": (21, 11, 40, 30), "difficult": 1}]},
@@ -85,9 +84,7 @@ def test_round_trip_through_load_coco(voc, tmp_path):
 
 
 def _voc2coco():
-    spec = importlib.util.spec_from_file_location("voc2coco", Path(__file__).resolve().parents[2] / "tools" / "voc2coco.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_tool("voc2coco")
     return module
 
 

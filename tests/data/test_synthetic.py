@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from detkit.data.synthetic import CLASS_HUES, make_synthetic_voc, synthesize_image
+from tests._tools import load_tool
 
 N = 12
 
@@ -121,12 +122,8 @@ def test_bad_arguments(tmp_path, kwargs):
 
 
 def test_cli_writes_and_refuses_to_clobber(tmp_path, capsys):
-    import importlib.util
 
-    script = Path(__file__).parents[2] / "tools" / "make_synthetic.py"
-    spec = importlib.util.spec_from_file_location("make_synthetic", script)
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
+    cli = load_tool("make_synthetic")
     out = tmp_path / "cli"
     assert cli.main(["--out", str(out), "--num-images", "3", "--seed", "2"]) == 0
     assert len(list((out / "JPEGImages").glob("*.jpg"))) == 3

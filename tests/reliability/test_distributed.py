@@ -6,7 +6,6 @@ one writer) is therefore proved with tests/engine/tiny_detector.py (no random sa
 the real Trainer (tests/reliability/ddp_tiny.py), and a Faster R-CNN torchrun of tools/train.py is
 shown to finish with one set of outputs. Sampler sharding itself: tests/data/test_sampler.py.
 """
-import importlib.util
 import json
 import os
 import sys
@@ -15,6 +14,7 @@ import pytest
 import torch
 
 from ._cli import ENV, PY, REPO, TINY, TORCHRUN, make_data, run, weights
+from tests._tools import load_tool
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not os.path.exists(TORCHRUN),
                                 reason="torch.distributed / torchrun not available")
@@ -82,9 +82,7 @@ def test_faster_rcnn_under_torchrun_writes_one_set_of_outputs(tmp_path):
 
 
 def test_nonzero_ranks_do_not_write_hydra_files(monkeypatch):
-    spec = importlib.util.spec_from_file_location("detkit_train_tool", REPO / "tools" / "train.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_tool("train")
     monkeypatch.setenv("RANK", "0")
     assert mod.rank_zero_outputs(["a=1"]) == ["a=1"]
     monkeypatch.setenv("RANK", "1")

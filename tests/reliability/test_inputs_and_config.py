@@ -4,7 +4,6 @@ Already covered in tests/tools/test_train_cli.py: an empty folder (exit 2, "no i
 truncated .jpg among good images (skipped with a warning), a corrupt checkpoint and a checkpoint
 whose class count does not fit its config (exit 2, one line).
 """
-import importlib.util
 import json
 import resource
 import struct
@@ -15,7 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ._cli import PY, REPO, make_data, run, train_cmd
+from ._cli import PY, make_data, run, train_cmd
+from tests._tools import load_tool
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +50,7 @@ def _video(path):
 
 
 def _infer_main():
-    spec = importlib.util.spec_from_file_location("detkit_infer_tool", REPO / "tools" / "infer.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_tool("infer")
     return mod.main
 
 

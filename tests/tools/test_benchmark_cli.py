@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from tests._tools import load_tool
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
@@ -50,17 +51,8 @@ def test_cli_compare_writes_complete_json_and_prints_table(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.json"]  # Hydra wrote nothing
 
 
-def _load_tool():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("benchmark_tool", REPO / "tools" / "benchmark.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_bad_input_is_one_line_error(capsys):
-    tool = _load_tool()  # in-process: main() is what the script runs
+    tool = load_tool("benchmark")  # in-process: main() is what the script runs
     assert tool.main(["--input", "600by1000"]) == 1
     assert capsys.readouterr().err.strip().startswith("error: --input must be HxW")
     assert tool.main(["--backbone", "no_such_net", "--input", "64x96", "--device", "cpu"]) == 1

@@ -2,7 +2,6 @@
 cache, trains and evaluates on them; tools/infer.py then detects through the built-in proposer."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -12,15 +11,14 @@ from pathlib import Path
 import numpy as np
 
 from detkit.engine.checkpoint import load_checkpoint
+from tests._tools import load_tool
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def _infer_module():
     """tools/infer.py imported in-process (a second subprocess would pay seconds of torch import)."""
-    spec = importlib.util.spec_from_file_location("infer_cli", REPO / "tools" / "infer.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_tool("infer")
     return module
 
 

@@ -1,7 +1,6 @@
 """tools/proposals.py end to end on a two-image synthetic set (subprocess, as a user runs it)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -9,15 +8,14 @@ import sys
 from pathlib import Path
 
 from detkit.data.synthetic import make_synthetic_voc
+from tests._tools import load_tool
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def _cli_module():
     """tools/proposals.py imported in-process (a subprocess pays seconds of torch import)."""
-    spec = importlib.util.spec_from_file_location("proposals_cli", REPO / "tools" / "proposals.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_tool("proposals")
     return module
 
 

@@ -1,13 +1,13 @@
 """tools/summary.py from the command line, and docs/backbones.md against its generator."""
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from tests._tools import load_tool
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -27,9 +27,7 @@ def test_cli_prints_alexnet_table(tmp_path):
 
 
 def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_tool(name)
     return module
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tests._tools import load_tool
 
 REPO = Path(__file__).resolve().parents[2]
 PY = sys.executable
@@ -86,11 +87,8 @@ def test_infer_folder_then_eval(trained):
 
 def _infer_main():
     """tools/infer.py's main(), in-process (the error paths need no fresh interpreter)."""
-    import importlib.util
 
-    spec = importlib.util.spec_from_file_location("detkit_infer_tool", REPO / "tools" / "infer.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_tool("infer")
     return mod.main
 
 
