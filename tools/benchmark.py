@@ -55,6 +55,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:1")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
+                   help="torch.compile detkit's trunk, RPN head and region head in place "
+                        "(detkit.engine.compile); MODE: default, reduce-overhead, max-autotune, "
+                        "max-autotune-no-cudagraphs. Compilation happens in the warmup calls.")
+    p.add_argument("--compile-backend", default="inductor",
+                   help="torch.compile backend with --compile (inductor; eager/aot_eager to debug)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="extra Hydra override of configs/train.yaml (repeatable), "
                         "e.g. --set method.model.rpn_post_nms_top_n_test=1000")
@@ -132,6 +138,15 @@ def run(args: argparse.Namespace) -> dict:
                          "Rerun with --roi-mode align for the like-for-like comparison.")
         notes.append("torchvision's background RoIs are IoU in [0, 0.5); detkit's lower bound is "
                      f"{model.roi_head.matcher.thresholds[0]} (cannot be set in torchvision).")
+    if args.compile is not None:
+        from detkit.engine.compile import compile_model, compiled_modules
+        # After the twin is built: torchvision's model is timed as its users run it, uncompiled.
+        compile_model(model, mode=None if args.compile == "default" else args.compile,
+                      backend=args.compile_backend)
+        notes.append(f"detkit compiled ({args.compile_backend}, mode {args.compile}): "
+                     f"{', '.join(compiled_modules(model))}"
+                     + ("; torchvision not compiled" if "torchvision" in models else "")
+                     + ". The first calls compile: use --warmup >= 3.")
     results = benchmark_detectors(models, **common)
     if device.type == "cpu":
         notes.append("CPU timings on a machine shared with other jobs vary from run to run; compare "
@@ -159,7 +174,8 @@ def format_table(result: dict) -> str:
     s, m = result["settings"], result["machine"]
     lines = [f"{s['method']} / {s['backbone']} (width {s['width'] or 1.0}), input {s['input']}, "
              f"batch {s['batch']}, {s['precision']}{', channels_last' if s['channels_last'] else ''}, "
-             f"RoI {s['roi_pool_mode']}; warmup {s['warmup']}, repeats {s['repeats']}",
+             f"RoI {s['roi_pool_mode']}{', compiled (' + s['compile'] + ')' if s.get('compile') else ''}; "
+             f"warmup {s['warmup']}, repeats {s['repeats']}",
              f"device {s['device']} ({m['gpu'] or m['cpu']}, {m['cpu_cores']} cores, "
              f"{m['torch_threads']} threads); torch {m['torch']}, torchvision {m['torchvision']}; "
              f"commit {(result['git']['commit'] or 'unknown')[:12]}"

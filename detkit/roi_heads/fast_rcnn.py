@@ -12,8 +12,10 @@ truth contribute background RoIs only. Loss: ``roi_cls`` = log loss over ``K + 1
 ``roi_box`` = ``lambda`` · smooth-L1 (``beta`` 1) of the true class's normalised deltas for
 foreground RoIs, both averaged over the sampled RoIs.
 
-Inference: softmax, per-class decoding, clipping to the image, score threshold (0.05), per-class
-NMS (0.3) and the top ``detections_per_img`` (100) per image.
+Inference: only the valid proposals of all images, packed into one ``(R, 5)`` RoI tensor, go
+through RoI pooling and the region head (padded slots cost nothing); then softmax, per-class
+decoding, clipping to the image, score threshold (0.05), per-class NMS (0.3) and the top
+``detections_per_img`` (100) per image.
 """
 from __future__ import annotations
 
@@ -120,8 +122,33 @@ class FastRCNNHead(nn.Module):
                                       valid.reshape(-1), beta=self.smooth_l1_beta,
                                       box_weight=self.box_loss_weight)
             return {"roi_cls": cls, "roi_box": box}
-        logits, deltas = self.predictor(self.box_head(self.roi_pool(features, proposals)))
-        return self.postprocess(logits, deltas, proposals, proposal_valid, image_hw)
+        return self.detect(features, proposals, proposal_valid, image_hw)
+
+    @torch.no_grad()
+    def detect(self, features: Tensor, proposals: Tensor, proposal_valid: Tensor,
+               image_hw: Tensor) -> list[dict[str, Tensor]]:
+        """Inference on the valid proposals only: -> one ``{"boxes", "scores", "labels"}`` per image.
+
+        Args: as :meth:`forward` (``proposals`` ``(N, P, 4)``, ``proposal_valid`` ``(N, P)``).
+
+        The valid slots of all images are packed into one ``(R, 5)`` RoI tensor (``R`` = number
+        of valid proposals), so RoI pooling, the region head and the predictor never run on
+        padding (the RPN's unfilled slots, Fast R-CNN's padding to the longest proposal list).
+        Packing costs one host sync (``nonzero``), as trimming ``P`` to the largest valid count
+        would; but trimming still runs ``N * max_i P_i - sum_i P_i`` padded rows whenever the
+        images' counts differ, while the gather that packing adds is ``R x 4`` numbers against
+        the region head's ``R x C x S x S`` inputs. Training keeps the fixed ``(N, R)`` slots
+        (no sync in the step).
+        """
+        image_idx, slot = proposal_valid.nonzero(as_tuple=True)  # row-major: image by image
+        boxes = proposals[image_idx, slot]  # (R, 4)
+        rois = torch.cat((image_idx[:, None].to(boxes.dtype), boxes), dim=1)  # (R, 5)
+        if rois.shape[0] == 0:  # nothing to pool; the region head may not accept 0 regions
+            k = self.num_classes
+            logits, deltas = features.new_zeros((0, k + 1)), features.new_zeros((0, 4 * k))
+        else:
+            logits, deltas = self.predictor(self.box_head(self.roi_pool(features, rois)))
+        return self.postprocess(logits, deltas, rois, image_hw)
 
     @torch.no_grad()
     def sample(self, proposals: Tensor, proposal_valid: Tensor, gt_boxes: Tensor, gt_labels: Tensor,
@@ -159,23 +186,26 @@ class FastRCNNHead(nn.Module):
         return rois, cls, targets, valid
 
     @torch.no_grad()
-    def postprocess(self, cls_logits: Tensor, box_deltas: Tensor, proposals: Tensor,
-                    proposal_valid: Tensor, image_hw: Tensor) -> list[dict[str, Tensor]]:
-        """``(N*P, K+1)`` logits and ``(N*P, 4K)`` deltas of ``(N, P, 4)`` proposals -> detections.
+    def postprocess(self, cls_logits: Tensor, box_deltas: Tensor, rois: Tensor,
+                    image_hw: Tensor) -> list[dict[str, Tensor]]:
+        """``(R, K+1)`` logits and ``(R, 4K)`` deltas of ``(R, 5)`` RoIs -> detections per image.
 
+        ``rois`` rows are ``(image index, x1, y1, x2, y2)`` in image pixels (RoIPool's row
+        format); ``image_hw`` ``(N, 2)`` gives the number of images ``N`` and the clip sizes.
         Each image's dict: ``boxes`` ``(D, 4)``, ``scores`` ``(D,)``, ``labels`` ``(D,)`` int64 in
         ``0..K-1``, ``D <= detections_per_img``, sorted by score.
         """
-        n, p = proposal_valid.shape
-        k = self.num_classes
-        probs = F.softmax(cls_logits.float(), dim=-1).view(n, p, k + 1)[..., 1:]  # (N, P, K)
-        boxes = self.box_coder.decode(box_deltas.view(n, p, k, 4), proposals[:, :, None, :])
-        boxes = clip_boxes(boxes, image_hw)  # (N, P, K, 4)
+        n, k = image_hw.shape[0], self.num_classes
+        r = rois.shape[0]
+        image_idx = rois[:, 0].long()  # (R,)
+        probs = F.softmax(cls_logits.float(), dim=-1)[:, 1:]  # (R, K)
+        boxes = self.box_coder.decode(box_deltas.view(r, k, 4), rois[:, None, 1:])
+        boxes = clip_boxes(boxes, image_hw[image_idx])  # (R, K, 4)
         big = ((boxes[..., 2] - boxes[..., 0]) >= self.min_box_size) & (
             (boxes[..., 3] - boxes[..., 1]) >= self.min_box_size)
-        keep = (probs > self.score_thresh) & big & proposal_valid[..., None]
-        labels = torch.arange(k, device=probs.device).expand(n, p, k)
-        image = torch.arange(n, device=probs.device)[:, None, None].expand(n, p, k)
+        keep = (probs > self.score_thresh) & big
+        labels = torch.arange(k, device=probs.device).expand(r, k)
+        image = image_idx[:, None].expand(r, k)
         boxes, scores, labels, image = boxes[keep], probs[keep], labels[keep], image[keep]
         # Class offsets per (image, class) pair: one NMS call for all images and classes.
         kept = batched_nms(boxes, scores, image * k + labels, self.nms_thresh)  # descending score

@@ -94,11 +94,12 @@ def test_loss_values_by_hand():
 
 def test_postprocess_per_class_nms_threshold_clip():
     head = _head(num_classes=2).eval()
-    proposals = torch.tensor([[[10.0, 10, 50, 50], [12, 10, 52, 50], [100, 100, 150, 150], [0, 0, 30, 30]],
-                              [[0.0, 0, 10, 10]] * 4])
-    valid = torch.tensor([[True, True, True, False], [False] * 4])
-    logits = torch.tensor([[0.0, 4, 4], [0, 3, 3], [5, -5, -5], [0, 9, 9]] + [[0.0, 9, 9]] * 4)
-    out = head.postprocess(logits, torch.zeros(8, 8), proposals, valid, torch.tensor([[40, 45], [40, 40]]))
+    # Packed RoIs (image index, box): three of image 0, none of image 1.
+    rois = torch.tensor([[0.0, 10, 10, 50, 50], [0, 12, 10, 52, 50], [0, 100, 100, 150, 150]])
+    logits = torch.tensor([[0.0, 4, 4], [0, 3, 3], [5, -5, -5]])
+    hw = torch.tensor([[40, 45], [40, 40]])
+    out = head.postprocess(logits, torch.zeros(3, 8), rois, hw)
+    assert len(out) == 2
     first = out[0]
     p = math.exp(4) / (1 + 2 * math.exp(4))
     # p1 overlaps p0 (IoU 0.9) in each class: suppressed per class, but p0 is kept for both classes.
@@ -107,8 +108,7 @@ def test_postprocess_per_class_nms_threshold_clip():
     assert first["boxes"].tolist() == [[10.0, 10.0, 45.0, 40.0]] * 2  # clipped to w=45, h=40
     assert out[1]["boxes"].shape == (0, 4) and out[1]["labels"].dtype == torch.int64
     capped = _head(num_classes=2, detections_per_img=1).eval()
-    assert len(capped.postprocess(logits, torch.zeros(8, 8), proposals, valid,
-                                  torch.tensor([[40, 45], [40, 40]]))[0]["scores"]) == 1
+    assert len(capped.postprocess(logits, torch.zeros(3, 8), rois, hw)[0]["scores"]) == 1
 
 
 def test_forward_train_and_eval_shapes():
