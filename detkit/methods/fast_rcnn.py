@@ -33,15 +33,17 @@ class FastRCNN(TwoStageDetector):
         proposer: ``"selective_search"``: in eval mode, when no ``proposals`` are given, search each
             batch image (uint8, its true unpadded size, on the CPU) for them; ``None``: proposals
             must always be given.
-        proposer_mode, proposer_max_side, proposer_min_size, proposer_max_proposals: the search's
-            ``mode``, ``max_side``, ``min_size``, ``max_proposals`` (``detkit.proposals.
-            selective_search``); use the settings the training proposals were made with.
+        proposer_mode, proposer_max_side, proposer_min_size, proposer_max_proposals, proposer_base_k,
+            proposer_inc_k, proposer_sigma: the search's ``mode``, ``max_side``, ``min_size``,
+            ``max_proposals``, ``base_k``, ``inc_k``, ``sigma`` (``detkit.proposals.selective_search``);
+            use the settings the training proposals were made with.
     """
 
     def __init__(self, *, backbone: Backbone, roi_head: FastRCNNHead, num_classes: int,
                  train_on_difficult: bool = True, channels_last: bool = False, proposer: str | None = None,
                  proposer_mode: str = "fast", proposer_max_side: int | None = 500, proposer_min_size: float = 20,
-                 proposer_max_proposals: int | None = None) -> None:
+                 proposer_max_proposals: int | None = None, proposer_base_k: int = 150,
+                 proposer_inc_k: int = 150, proposer_sigma: float = 0.8) -> None:
         super().__init__(backbone=backbone, num_classes=num_classes,
                          train_on_difficult=train_on_difficult, channels_last=channels_last)
         if roi_head.num_classes != num_classes:
@@ -54,7 +56,9 @@ class FastRCNN(TwoStageDetector):
         self.roi_head = roi_head
         self.proposer = proposer
         self.proposer_options = {"mode": proposer_mode, "max_side": proposer_max_side or None,
-                                 "min_size": proposer_min_size, "max_proposals": proposer_max_proposals}
+                                 "min_size": proposer_min_size, "max_proposals": proposer_max_proposals,
+                                 "base_k": int(proposer_base_k), "inc_k": int(proposer_inc_k),
+                                 "sigma": float(proposer_sigma)}
         self._finish_init()
 
     def forward(self, batch: ImageBatch, targets: list[dict] | None = None,
@@ -130,7 +134,8 @@ def fast_rcnn(*, backbone: Backbone, num_classes: int, roi_pool_mode: str = "poo
               score_thresh: float = 0.05, nms_thresh: float = 0.3, detections_per_img: int = 100,
               train_on_difficult: bool = True, channels_last: bool = False, proposer: str | None = None,
               proposer_mode: str = "fast", proposer_max_side: int | None = 500, proposer_min_size: float = 20,
-              proposer_max_proposals: int | None = None) -> FastRCNN:
+              proposer_max_proposals: int | None = None, proposer_base_k: int = 150, proposer_inc_k: int = 150,
+              proposer_sigma: float = 0.8) -> FastRCNN:
     """Build Fast R-CNN with the paper's settings (DESIGN.md §4); a Hydra ``_target_``.
     ``proposer*``: the built-in proposer for inference without given proposals (:class:`FastRCNN`)."""
     head = fast_rcnn_head(backbone=backbone, num_classes=num_classes, roi_pool_mode=roi_pool_mode,
@@ -141,4 +146,5 @@ def fast_rcnn(*, backbone: Backbone, num_classes: int, roi_pool_mode: str = "poo
     return FastRCNN(backbone=backbone, roi_head=head, num_classes=num_classes,
                     train_on_difficult=train_on_difficult, channels_last=channels_last, proposer=proposer,
                     proposer_mode=proposer_mode, proposer_max_side=proposer_max_side,
-                    proposer_min_size=proposer_min_size, proposer_max_proposals=proposer_max_proposals)
+                    proposer_min_size=proposer_min_size, proposer_max_proposals=proposer_max_proposals,
+                    proposer_base_k=proposer_base_k, proposer_inc_k=proposer_inc_k, proposer_sigma=proposer_sigma)

@@ -9,8 +9,10 @@ features are computed, ``detkit.methods.sppnet``):
   else ``target["proposals"]`` (training), else selective search on the fly (so
   ``tools/infer.py`` works on bare images);
 * training (stage 1, "fine-tuning"): proposals and ground truth with IoU >= 0.5 with a ground truth
-  take its class, all others are background; 128 regions per step (32 positives + 96 background,
-  R-CNN §2.3) feed a softmax over ``K + 1`` (``cls_score``, the new "fc8");
+  take its class; the others are background when their best IoU is >= ``bg_iou_thresh_lo`` and
+  left out otherwise (R-CNN: 0, "the rest background"; SPPNet: 0.1, negatives in [0.1, 0.5));
+  128 regions per step (32 positives + 96 background, R-CNN §2.3) feed a softmax over ``K + 1``
+  (``cls_score``, the new "fc8");
 * test: features ``fc7`` (the region head's output) scored by the SVMs (``scorer="svm"``, buffers
   ``svm_weight (K, D)``, ``svm_bias (K,)``, ``svm_scale``) or by the softmax; boxes refined by
   ``bbox_regressor`` (``BoxRegressors`` on ``pool5`` features; zero weights = unchanged boxes);
@@ -49,17 +51,21 @@ class RegionDetector(TwoStageDetector):
         scorer: ``"svm"`` (R-CNN) or ``"softmax"`` (the fine-tuned ``cls_score``).
         score_thresh: drop detections scoring below (SVM margin units, or probability).
         nms_thresh: per-class NMS IoU (R-CNN: 0.3). detections_per_img: keep the best this many.
-        fg_iou_thresh: fine-tuning positive IoU (0.5). batch_regions, positive_fraction: regions
-            per step and the positive share (128, 0.25: 32 + 96).
+        fg_iou_thresh: fine-tuning positive IoU (0.5). bg_iou_thresh_lo: background regions need a
+            best IoU >= this (R-CNN 0.0: every non-positive region; SPPNet 0.1); regions below it
+            are not used for fine-tuning. batch_regions, positive_fraction: regions per step and
+            the positive share (128, 0.25: 32 + 96).
         chunk_size: proposals per forward pass (bounds memory).
-        ss_mode, ss_max_side, ss_max_proposals: selective search when no proposals are given.
+        ss_mode, ss_max_side, ss_max_proposals, ss_base_k, ss_inc_k, ss_sigma: selective search
+            (``detkit.proposals.selective_search``) when no proposals are given.
     """
 
     def __init__(self, *, backbone: Backbone, num_classes: int, feature_dim: int, pool_dim: int,
                  scorer: str = "svm", score_thresh: float = -1.0, nms_thresh: float = 0.3,
-                 detections_per_img: int = 100, fg_iou_thresh: float = 0.5, batch_regions: int = 128,
-                 positive_fraction: float = 0.25, chunk_size: int = 256, ss_mode: str = "fast",
-                 ss_max_side: int | None = 500, ss_max_proposals: int | None = None,
+                 detections_per_img: int = 100, fg_iou_thresh: float = 0.5, bg_iou_thresh_lo: float = 0.0,
+                 batch_regions: int = 128, positive_fraction: float = 0.25, chunk_size: int = 256,
+                 ss_mode: str = "fast", ss_max_side: int | None = 500, ss_max_proposals: int | None = None,
+                 ss_base_k: int = 150, ss_inc_k: int = 150, ss_sigma: float = 0.8,
                  train_on_difficult: bool = True, channels_last: bool = False) -> None:
         super().__init__(backbone=backbone, num_classes=num_classes,
                          train_on_difficult=train_on_difficult, channels_last=channels_last)
@@ -69,9 +75,14 @@ class RegionDetector(TwoStageDetector):
             raise ValueError(f"rcnn.py: chunk_size ({chunk_size}) and batch_regions ({batch_regions}) must be >= 1")
         self.scorer, self.score_thresh, self.nms_thresh = scorer, float(score_thresh), float(nms_thresh)
         self.detections_per_img, self.fg_iou_thresh = int(detections_per_img), float(fg_iou_thresh)
+        if not 0.0 <= bg_iou_thresh_lo <= fg_iou_thresh:
+            raise ValueError(f"rcnn.py: bg_iou_thresh_lo must be in [0, fg_iou_thresh={fg_iou_thresh}], "
+                             f"got {bg_iou_thresh_lo}")
+        self.bg_iou_thresh_lo = float(bg_iou_thresh_lo)
         self.batch_regions, self.positive_fraction = int(batch_regions), float(positive_fraction)
         self.chunk_size = int(chunk_size)
-        self.ss_options = {"mode": ss_mode, "max_side": ss_max_side, "max_proposals": ss_max_proposals}
+        self.ss_options = {"mode": ss_mode, "max_side": ss_max_side, "max_proposals": ss_max_proposals,
+                           "base_k": int(ss_base_k), "inc_k": int(ss_inc_k), "sigma": float(ss_sigma)}
         self.feature_dim, self.pool_dim = int(feature_dim), int(pool_dim)
         k = self.num_classes
         self.cls_score = nn.Linear(self.feature_dim, k + 1)  # fine-tuning softmax, background = K
@@ -138,16 +149,24 @@ class RegionDetector(TwoStageDetector):
 
     def label_regions(self, props: Sequence[Tensor], gt_boxes: Tensor, gt_labels: Tensor,
                       gt_valid: Tensor) -> tuple[list[Tensor], list[Tensor]]:
-        """Fine-tuning regions (proposals + ground truth) and labels (``K`` = background) per image."""
+        """Fine-tuning regions (ground truth + proposals, ``(G_i + P_i, 4)``) and their labels per image.
+
+        Labels ``(G_i + P_i,)`` int64: the class ``0..K-1`` of the ground truth with the best IoU
+        when that IoU is >= ``fg_iou_thresh``; ``K`` (background) when the best IoU is below it but
+        >= ``bg_iou_thresh_lo``; ``-1`` (not used) below ``bg_iou_thresh_lo``. With no ground truth
+        every region's best IoU is 0.
+        """
         boxes, labels = [], []
         for i, p in enumerate(props):
             g, lab = gt_boxes[i][gt_valid[i]], gt_labels[i][gt_valid[i]]
             b = torch.cat((g, p))
             y = torch.full((len(b),), self.num_classes, dtype=torch.long, device=b.device)
+            best = torch.zeros(len(b), device=b.device)
             if len(g):
                 best, arg = box_iou(b, g).max(dim=1)
                 fg = best >= self.fg_iou_thresh
                 y[fg] = lab[arg[fg]]
+            y[best < self.bg_iou_thresh_lo] = -1  # SPPNet: below 0.1 neither object nor background
             boxes.append(b)
             labels.append(y)
         return boxes, labels
@@ -159,11 +178,14 @@ class RegionDetector(TwoStageDetector):
         boxes, labels = self.label_regions(props, gt_boxes, gt_labels, gt_valid)
         flat = torch.cat(labels)
         img = torch.cat([torch.full((len(b),), i, device=flat.device) for i, b in enumerate(boxes)])
-        idx, _, valid = sample_balanced((flat < self.num_classes).long()[None], num_samples=self.batch_regions,
+        # sampler labels: 1 object, 0 background, -1 left out (below bg_iou_thresh_lo)
+        roles = torch.where(flat < 0, -1, (flat < self.num_classes).long())
+        idx, _, valid = sample_balanced(roles[None], num_samples=self.batch_regions,
                                         positive_fraction=self.positive_fraction)
         idx = idx[0][valid[0]]
         if len(idx) == 0:
-            raise ValueError("rcnn.py: no regions to fine-tune on (no proposals and no ground truth in the batch)")
+            raise ValueError("rcnn.py: no regions to fine-tune on (no ground truth in the batch, and no proposals "
+                             "with IoU >= bg_iou_thresh_lo)")
         all_boxes = torch.cat(boxes)
         sel = [all_boxes[idx[img[idx] == i]] for i in range(len(boxes))]
         order = torch.cat([idx[img[idx] == i] for i in range(len(boxes))])

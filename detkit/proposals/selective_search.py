@@ -82,8 +82,11 @@ def selective_search(
             (R-CNN: 20). If nothing is left, the whole-image box is returned.
         max_proposals: keep at most this many (the first, in the search's order); ``None`` keeps all
             (R-CNN kept all, ~2000 per image in fast mode).
-        base_k, inc_k, sigma: the graph segmentation's thresholds ``k`` (first and step) and its
-            Gaussian smoothing (OpenCV's defaults; R-CNN's MATLAB code used k = 50, 100 in fast mode).
+        base_k, inc_k, sigma: the graph segmentation's (Felzenszwalb & Huttenlocher) threshold
+            ``k`` of the first segmentation, its step between the segmentations, and the Gaussian
+            smoothing of the image before segmenting. Smaller ``k`` gives smaller initial regions,
+            hence more boxes and a slower search. Defaults are OpenCV's (fast mode: k = 150, 300,
+            450); R-CNN's MATLAB code used k = 50, 100. Measured densities: docs/rcnn_sppnet.md.
         seed: seeds the random part of the ranking (deterministic output).
 
     Returns:
@@ -96,6 +99,8 @@ def selective_search(
         raise ValueError(f"selective_search: max_side must be positive or None, got {max_side}")
     if max_proposals is not None and max_proposals < 1:
         raise ValueError(f"selective_search: max_proposals must be positive or None, got {max_proposals}")
+    if base_k < 1 or inc_k < 0 or sigma < 0:
+        raise ValueError(f"selective_search: need base_k >= 1, inc_k >= 0, sigma >= 0; got {base_k}, {inc_k}, {sigma}")
     rgb = _as_rgb(image)
     h, w = rgb.shape[:2]
     whole = np.array([[0, 0, w, h]], dtype=np.float32)
@@ -113,11 +118,11 @@ def selective_search(
     ss = cv2.ximgproc.segmentation.createSelectiveSearchSegmentation()
     ss.setBaseImage(bgr)
     if mode == "fast":
-        ss.switchToSelectiveSearchFast(base_k, inc_k, sigma)
+        ss.switchToSelectiveSearchFast(int(base_k), int(inc_k), float(sigma))
     elif mode == "quality":
-        ss.switchToSelectiveSearchQuality(base_k, inc_k, sigma)
+        ss.switchToSelectiveSearchQuality(int(base_k), int(inc_k), float(sigma))
     else:
-        ss.switchToSingleStrategy(base_k, sigma)
+        ss.switchToSingleStrategy(int(base_k), float(sigma))
     with _rand_lock:
         if _libc is not None:
             _libc.srand(int(seed))

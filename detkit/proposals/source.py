@@ -5,7 +5,12 @@ Two sources, for the methods that train on precomputed proposals (Fast R-CNN; R-
 * selective search, computed once into a cache (``detkit.proposals.cache``) and reused::
 
       proposals: {source: selective_search, mode: fast, max_side: 500, min_size: 20,
-                  max_proposals: null, cache_dir: outputs/proposals, workers: 2}
+                  base_k: 150, inc_k: 150, sigma: 0.8, max_proposals: null,
+                  cache_dir: outputs/proposals, workers: 2}
+
+  The cache is keyed by each image file's content and the search settings (mode, max_side,
+  min_size, base_k, inc_k, sigma), not by the split or data set name: splits over the same images
+  share it, and ``tools/proposals.py`` with the same settings and ``--cache-dir`` fills it.
 
 * a user file (the ``.npz`` / ``.json`` format of ``detkit.proposals.cache.read_proposals_file``),
   one for every split or one per split; a ``file`` that is set wins over ``source``::
@@ -28,13 +33,16 @@ import numpy as np
 
 from detkit.data.record import DetectionData
 
-__all__ = ["SELECTIVE_SEARCH_DEFAULTS", "check_proposals_spec", "prepare_proposals", "load_configured_proposals"]
+__all__ = ["SELECTIVE_SEARCH_DEFAULTS", "check_proposals_spec", "load_configured_proposals", "prepare_proposals",
+           "search_options"]
 
-# R-CNN's settings (DESIGN.md §4): fast mode on ~500-px images, boxes under 20 px removed.
+# R-CNN's settings (DESIGN.md §4): fast mode on ~500-px images, boxes under 20 px removed;
+# OpenCV's graph segmentation defaults (k = 150, 300, 450; sigma 0.8), docs/rcnn_sppnet.md.
 SELECTIVE_SEARCH_DEFAULTS: dict[str, Any] = {
-    "mode": "fast", "max_side": 500, "min_size": 20, "max_proposals": None,
-    "cache_dir": "outputs/proposals", "workers": 1, "progress": True,
+    "mode": "fast", "max_side": 500, "min_size": 20, "base_k": 150, "inc_k": 150, "sigma": 0.8,
+    "max_proposals": None, "cache_dir": "outputs/proposals", "workers": 1, "progress": True,
 }
+_SEARCH_KEYS = ("mode", "max_side", "min_size", "base_k", "inc_k", "sigma")
 _HOW = ("either compute selective search once into a cache: ++data.proposals='{source: selective_search, "
         "mode: fast, max_side: 500, cache_dir: outputs/proposals}', or use your own boxes: "
         "++data.proposals='{file: boxes.npz}' (format in detkit/proposals/cache.py; docs/training.md)")
@@ -65,7 +73,19 @@ def check_proposals_spec(spec: Mapping[str, Any] | None) -> dict[str, Any]:
     if spec["source"] != "selective_search":
         raise ValueError(f"data.proposals.source must be 'selective_search', got {spec['source']!r}; "
                          "other boxes can be given as a file: data.proposals.file=boxes.npz")
-    return {**SELECTIVE_SEARCH_DEFAULTS, **spec}  # max_side: null searches at full size
+    from detkit.proposals.cache import search_settings
+
+    spec = {**SELECTIVE_SEARCH_DEFAULTS, **spec}  # max_side: null searches at full size
+    try:
+        search_settings(**search_options(spec))
+    except ValueError as e:
+        raise ValueError(f"data.proposals: {e}") from None
+    return spec
+
+
+def search_options(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """The selective search settings (the cache key) of a checked selective search node."""
+    return {k: spec[k] for k in _SEARCH_KEYS}
 
 
 def _file_for(spec: dict[str, Any], split: str) -> Path:
@@ -88,9 +108,8 @@ def prepare_proposals(spec: Mapping[str, Any], data: DetectionData, *, progress:
     spec = check_proposals_spec(spec)
     if spec.get("file") is not None:
         return
-    compute_proposals(data, spec["cache_dir"], mode=spec["mode"], max_side=spec["max_side"] or None,
-                      min_size=spec["min_size"], max_proposals=spec["max_proposals"], workers=int(spec["workers"]),
-                      progress=spec["progress"] if progress is None else progress)
+    compute_proposals(data, spec["cache_dir"], workers=int(spec["workers"]),
+                      progress=spec["progress"] if progress is None else progress, **search_options(spec))
 
 
 def load_configured_proposals(spec: Mapping[str, Any], data: DetectionData, *, split: str) -> dict[int, np.ndarray]:
@@ -107,5 +126,4 @@ def load_configured_proposals(spec: Mapping[str, Any], data: DetectionData, *, s
     if spec.get("file") is not None:
         boxes = read_proposals_file(_file_for(spec, split), data)
         return {k: v[:cap] for k, v in boxes.items()} if cap else boxes
-    return load_proposals(spec["cache_dir"], data, mode=spec["mode"], max_side=spec["max_side"] or None,
-                          max_proposals=cap)
+    return load_proposals(spec["cache_dir"], data, max_proposals=cap, **search_options(spec))

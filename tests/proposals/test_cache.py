@@ -1,17 +1,24 @@
-"""Proposal cache: parallel computation, files on disk, resuming, loading, user-supplied files."""
+"""Proposal cache: parallel computation, files keyed by image content and settings, reuse across
+splits and data sets, resuming, loading, user-supplied files."""
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from detkit.data.images import read_image
+from detkit.data.images import ImageReadError, read_image
+from detkit.data.record import DetectionData
 from detkit.data.voc import load_voc
 from detkit.proposals.cache import (
     ProposalsError,
     cache_folder,
     compute_proposals,
+    image_key,
     load_proposals,
     read_proposals_file,
     write_proposals_file,
@@ -35,17 +42,65 @@ class Stop(Exception):
 
 def test_compute_writes_one_file_per_image(tmp_path, data):
     folder = compute_proposals(data, tmp_path / "cache", workers=2, progress=False, **OPTS)
-    assert folder == cache_folder(tmp_path / "cache", data, mode="single", max_side=40)
-    assert folder.name == "voc_voc_test-single-40"
-    assert sorted(p.name for p in folder.glob("*.npz")) == [f"{i:06d}.npz" for i in range(4)]
-    assert json.loads((folder / "settings.json").read_text())["min_size"] == 4
-    loaded = load_proposals(tmp_path / "cache", data, mode="single", max_side=40)
+    assert folder == cache_folder(tmp_path / "cache", **OPTS)
+    assert folder.name == "single-40-min4-k150-150-sigma0.8"
+    # one file per image, named by the hash of the image file's bytes
+    assert sorted(p.stem for p in folder.glob("*.npz")) == sorted(image_key(r.file_name) for r in data.records)
+    settings = json.loads((folder / "settings.json").read_text())
+    assert settings == {"mode": "single", "max_side": 40, "min_size": 4.0, "base_k": 150, "inc_k": 150, "sigma": 0.8}
+    loaded = load_proposals(tmp_path / "cache", data, **OPTS)
     assert sorted(loaded) == [r.image_id for r in data.records]
     for r in data.records:  # the cache holds exactly what a direct search of the image gives
         np.testing.assert_array_equal(loaded[r.image_id], selective_search(read_image(r.file_name), **OPTS))
         assert (loaded[r.image_id][:, 2] <= r.width).all()
-    capped = load_proposals(tmp_path / "cache", data, mode="single", max_side=40, max_proposals=2)
+    capped = load_proposals(tmp_path / "cache", data, max_proposals=2, **OPTS)
     assert all(len(b) <= 2 for b in capped.values())
+
+
+def test_image_key_is_the_content(tmp_path, data):
+    r = data.records[0]
+    copy = tmp_path / "elsewhere" / "copy.jpg"
+    copy.parent.mkdir()
+    shutil.copyfile(r.file_name, copy)
+    assert image_key(copy) == image_key(r.file_name) == hashlib.blake2b(
+        Path(r.file_name).read_bytes(), digest_size=16).hexdigest()
+    assert image_key(data.records[1].file_name) != image_key(r.file_name)
+    with pytest.raises(ImageReadError, match="nope.jpg: cannot read image"):
+        image_key(tmp_path / "nope.jpg")
+
+
+def test_splits_and_data_sets_over_the_same_images_search_once(tmp_path, data):
+    searched = []
+    compute_proposals(data, tmp_path, progress=False, on_image=lambda i, n, s: searched.append(i), **OPTS)
+    assert len(searched) == 4
+    # another split name, another data set name, another root (a copy of the files): all cached
+    copy = shutil.copytree(Path(data.records[0].file_name).parents[1], tmp_path / "copy")
+    moved = [dataclasses.replace(r, file_name=str(copy / Path(r.file_name).parent.name / Path(r.file_name).name))
+             for r in reversed(data.records)]
+    other = DetectionData(records=moved, class_names=data.class_names, category_ids=data.category_ids,
+                          name="another/val")
+    compute_proposals(other, tmp_path, workers=2, progress=False, on_image=lambda i, n, s: searched.append(i), **OPTS)
+    assert len(searched) == 4
+    a, b = load_proposals(tmp_path, data, **OPTS), load_proposals(tmp_path, other, **OPTS)
+    for r, m in zip(reversed(data.records), moved):
+        np.testing.assert_array_equal(a[r.image_id], b[m.image_id])
+    # one image listed twice in a split: searched once
+    twice = DetectionData(records=[data.records[0], dataclasses.replace(data.records[0], image_id=99)],
+                          class_names=data.class_names, category_ids=data.category_ids, name="twice")
+    fresh = []
+    compute_proposals(twice, tmp_path / "fresh", progress=False, on_image=lambda i, n, s: fresh.append(i), **OPTS)
+    assert fresh == [data.records[0].image_id]
+    assert sorted(load_proposals(tmp_path / "fresh", twice, **OPTS)) == [data.records[0].image_id, 99]
+
+
+def test_settings_key_the_folder(tmp_path, data):
+    one = compute_proposals(data, tmp_path, progress=False, **OPTS)
+    two = compute_proposals(data, tmp_path, progress=False, **{**OPTS, "base_k": 50, "inc_k": 50})
+    assert one != two and two.name == "single-40-min4-k50-50-sigma0.8"
+    with pytest.raises(ValueError, match="unknown keys"):
+        cache_folder(tmp_path, colour=1)
+    with pytest.raises(ValueError, match="base_k >= 1"):
+        cache_folder(tmp_path, base_k=0)
 
 
 def test_interrupted_run_resumes(tmp_path, data):
@@ -58,29 +113,30 @@ def test_interrupted_run_resumes(tmp_path, data):
 
     with pytest.raises(Stop):
         compute_proposals(data, tmp_path, workers=1, progress=False, on_image=stop_after_two, **OPTS)
-    folder = cache_folder(tmp_path, data, mode="single", max_side=40)
+    folder = cache_folder(tmp_path, **OPTS)
     assert len(list(folder.glob("*.npz"))) == 2
     with pytest.raises(ProposalsError, match="covers 2 of 4 images"):
-        load_proposals(tmp_path, data, mode="single", max_side=40)
+        load_proposals(tmp_path, data, **OPTS)
 
-    (folder / "000000.npz.tmp").write_bytes(b"half a file")  # a write killed midway
+    (folder / "0123.npz.tmp").write_bytes(b"half a file")  # a write killed midway
     again = []
     compute_proposals(data, tmp_path, workers=1, progress=False, on_image=lambda i, n, s: again.append(i), **OPTS)
     assert sorted(again) == sorted(set(range(4)) - set(seen))  # only the missing images
     assert not list(folder.glob("*.tmp"))
-    assert len(load_proposals(tmp_path, data, mode="single", max_side=40)) == 4
+    assert len(load_proposals(tmp_path, data, **OPTS)) == 4
 
 
 def test_cache_errors(tmp_path, data):
     with pytest.raises(ProposalsError, match="no proposals cache"):
-        load_proposals(tmp_path, data, mode="single", max_side=40)
-    compute_proposals(data, tmp_path, progress=False, **OPTS)
+        load_proposals(tmp_path, data, **OPTS)
+    folder = compute_proposals(data, tmp_path, progress=False, **OPTS)
+    bad = folder / f"{image_key(data.records[1].file_name)}.npz"
+    bad.write_bytes(b"not a zip")
+    with pytest.raises(ProposalsError, match=f"{bad.name}: unreadable"):
+        load_proposals(tmp_path, data, **OPTS)
+    (folder / "settings.json").write_text(json.dumps({"mode": "fast"}))
     with pytest.raises(ProposalsError, match="other settings"):
-        compute_proposals(data, tmp_path, progress=False, **{**OPTS, "min_size": 8})
-    folder = cache_folder(tmp_path, data, mode="single", max_side=40)
-    (folder / "000001.npz").write_bytes(b"not a zip")
-    with pytest.raises(ProposalsError, match="000001.npz: unreadable"):
-        load_proposals(tmp_path, data, mode="single", max_side=40)
+        compute_proposals(data, tmp_path, progress=False, **OPTS)
 
 
 @pytest.mark.parametrize("suffix", [".npz", ".json"])

@@ -82,3 +82,14 @@ def test_bad_input():
         selective_search(np.zeros((8, 8, 3), np.uint8), mode="slow")
     with pytest.raises(ValueError, match="uint8"):
         selective_search(np.zeros((8, 8, 3), np.float32))
+    with pytest.raises(ValueError, match="base_k >= 1"):
+        selective_search(np.zeros((8, 8, 3), np.uint8), base_k=0)
+
+
+def test_smaller_k_gives_more_boxes():
+    # Smooth random blobs: the graph segmentation's k decides how finely they are cut at first.
+    rng = np.random.default_rng(0)
+    img = np.kron(rng.integers(0, 256, size=(12, 16, 3)), np.ones((8, 8, 1))).astype(np.uint8)
+    coarse = selective_search(img, mode="fast", min_size=4, base_k=300, inc_k=300)
+    fine = selective_search(img, mode="fast", min_size=4, base_k=20, inc_k=20)
+    assert len(fine) > len(coarse)  # the parameters reach OpenCV

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from detkit.data.images import read_image
+from detkit.data.record import DetectionData
 from detkit.data.synthetic import make_synthetic_voc
 from detkit.data.voc import load_voc
 from detkit.engine.run import split_proposals
@@ -25,6 +26,8 @@ def data(tmp_path_factory):
     ({"source": None, "file": None}, "neither"),
     ({"source": "rpn"}, "must be 'selective_search'"),
     ({"source": "selective_search", "colour": 1}, r"unknown keys \['colour'\]"),
+    ({"source": "selective_search", "base_k": 0}, r"data.proposals: .*base_k >= 1"),
+    ({"source": "selective_search", "mode": "slow"}, r"data.proposals: .*mode must be one of"),
 ])
 def test_bad_specs_say_what_to_do(spec, match):
     with pytest.raises(ValueError, match=match):
@@ -34,6 +37,7 @@ def test_bad_specs_say_what_to_do(spec, match):
 def test_defaults_and_file_wins():
     spec = check_proposals_spec({"source": "selective_search", "mode": "quality"})
     assert spec["mode"] == "quality" and spec["max_side"] == 500 and spec["min_size"] == 20
+    assert (spec["base_k"], spec["inc_k"], spec["sigma"]) == (150, 150, 0.8)  # OpenCV's defaults
     assert check_proposals_spec({"source": "selective_search", "file": "a.npz", "max_proposals": 3}) == \
         {"file": "a.npz", "max_proposals": 3}
 
@@ -55,15 +59,19 @@ def test_file_source_whole_and_per_split(data, tmp_path):
 
 
 def test_selective_search_source_computes_then_loads(data, tmp_path):
-    spec = {"source": "selective_search", "mode": "single", "max_side": 500, "min_size": 4,
+    spec = {"source": "selective_search", "mode": "single", "max_side": 500, "min_size": 4, "base_k": 60,
             "cache_dir": str(tmp_path / "cache"), "workers": 1, "file": None}
     with pytest.raises(ProposalsError, match="no proposals cache"):
         load_configured_proposals(spec, data, split="test")
     prepare_proposals(spec, data, progress=False)
     got = load_configured_proposals(spec, data, split="test")
     for r in data.records:  # the cached boxes are the search's own on the original image
-        direct = selective_search(read_image(r.file_name), mode="single", max_side=500, min_size=4)
+        direct = selective_search(read_image(r.file_name), mode="single", max_side=500, min_size=4, base_k=60)
         np.testing.assert_array_equal(got[r.image_id], direct)
+    # the same images under another split name: nothing to compute, the same boxes
+    renamed = DetectionData(records=data.records, class_names=data.class_names, category_ids=data.category_ids,
+                            name="tiny/val")
+    assert load_configured_proposals(spec, renamed, split="val").keys() == got.keys()
 
 
 def test_trainer_split_proposals_only_for_methods_that_need_them(data, tmp_path):

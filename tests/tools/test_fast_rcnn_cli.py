@@ -41,8 +41,7 @@ def test_train_with_selective_search_then_infer(tmp_path):
     # The proposals were computed into the cache: one file per image of each split used.
     n_train = len((data / "ImageSets" / "Main" / "trainval.txt").read_text().split())
     n_test = len((data / "ImageSets" / "Main" / "test.txt").read_text().split())
-    assert len(list(cache.glob("synthetic_train-fast-500/*.npz"))) == n_train
-    assert len(list(cache.glob("synthetic_test-fast-500/*.npz"))) == n_test
+    assert len(list(cache.glob("fast-500-min20-k150-150-sigma0.8/*.npz"))) == n_train + n_test
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["iteration"] == 3 and metrics["num_images"] == n_test and "mAP" in metrics["voc07"]
     ckpt = load_checkpoint(run / "last.pt")  # weights_only=True, as every detkit load
