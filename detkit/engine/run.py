@@ -2,6 +2,14 @@
 
 ``train_from_config`` is everything ``tools/train.py`` does; R-CNN and SPPNet branch off to their
 stage-wise training (``detkit.engine.stages``). The loop itself is ``detkit.engine.trainer``.
+
+``metrics.json`` holds the test scores plus the run's cost (``run_facts``): ``train_seconds``
+(training wall time, evaluation and checkpoint writes excluded, summed across resumes),
+``train_images_per_second``, ``stopped_by`` (``max_iters`` | ``max_time_s``),
+``test_seconds_per_image`` (wall time of the whole test pass / images: data loading in
+``test.num_workers`` processes, host-to-device copy, the model's forward *with* its
+post-processing, conversion of the boxes to the original image), ``test_model_seconds_per_image``
+(the model call alone, GPU-synchronised), ``machine`` and ``git`` (``detkit.analysis.machine``).
 """
 from __future__ import annotations
 
@@ -15,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from detkit.engine import distributed as ddp
-from detkit.engine.evaluator import predict, score_detections
+from detkit.engine.evaluator import predict, score_detections, timed_predict
 from detkit.engine.trainer import Trainer, log
 
 def resolve_root(root: str | Path) -> Path:
@@ -77,6 +85,19 @@ def split_proposals(conf: dict, data, split: str) -> dict[str, Any]:
     return {"proposals": load_configured_proposals(spec, data, split=split)}
 
 
+def run_facts(device: torch.device) -> dict[str, Any]:
+    """``{"machine": ..., "git": ...}`` of this process (the context every timing needs). Where
+    the checkout has no ``.git`` (a copied tree), ``DETKIT_COMMIT`` in the environment names it."""
+    import os
+
+    from detkit.analysis.machine import git_commit, machine_info
+
+    git = git_commit()
+    if git.get("commit") is None and os.environ.get("DETKIT_COMMIT"):
+        git = {"commit": os.environ["DETKIT_COMMIT"], "dirty": None, "source": "DETKIT_COMMIT"}
+    return {"machine": machine_info(device), "git": git}
+
+
 def train_from_config(cfg) -> dict[str, Any]:
     """Everything ``tools/train.py`` does: data, model, ``Trainer.fit``, final test evaluation.
 
@@ -95,6 +116,8 @@ def train_from_config(cfg) -> dict[str, Any]:
     # --- R-CNN / SPPNet: stage-wise training (fine-tune, SVMs, box regression), detkit.engine.stages
     if conf["method"].get("name") in ("rcnn", "sppnet"):
         from detkit.engine.stages import train_stages
+        if (conf.get("compile") or {}).get("enabled", False):
+            log.warning("compile.enabled is ignored by %s's stage-wise training", conf["method"]["name"])
         return train_stages(conf)
     # --- end R-CNN / SPPNet
     device = ddp.resolve_device(conf.get("device", "auto"))
@@ -122,6 +145,11 @@ def train_from_config(cfg) -> dict[str, Any]:
     np.random.seed(seed)
     torch.manual_seed(seed)
     model = build_model(conf, len(names))
+    comp = dict(conf.get("compile") or {})
+    if comp.get("enabled", False):  # in place (nn.Module.compile): checkpoints keep their keys
+        from detkit.engine.compile import compile_model
+        compile_model(model, mode=comp.get("mode"), backend=comp.get("backend", "inductor"),
+                      dynamic=comp.get("dynamic"), parts=tuple(comp.get("parts") or ("trunk", "rpn", "region_head")))
     run_dir = Path(conf["run_dir"])
     trainer = Trainer(
         model=model, train_dataset=DetectionDataset(train_data, build_transforms(train=True, **tf),
@@ -139,15 +167,22 @@ def train_from_config(cfg) -> dict[str, Any]:
     if test_cfg.get("enabled", True) and data_cfg.get("test"):
         test_data = load_split(data_cfg, "test", names)
         test_set = DetectionDataset(test_data, test_tf, **split_proposals(conf, test_data, "test"))
-        dets = predict(trainer.model, test_set, device=device,
-                       batch_size=int(test_cfg.get("batch_size", 2)), amp=trainer.amp,
-                       channels_last=trainer.channels_last, progress=trainer.progress, desc="test")
+        dets, timing = timed_predict(trainer.model, test_set, device=device,
+                                     batch_size=int(test_cfg.get("batch_size", 2)),
+                                     num_workers=int(test_cfg.get("num_workers", 0)), amp=trainer.amp,
+                                     channels_last=trainer.channels_last, progress=trainer.progress, desc="test")
         if ddp.is_main():
             scores = score_detections(dets, test_data, coco=bool(test_cfg.get("coco", True)))
             summary["test"] = scores
             save_detections(run_dir / "detections.json", dets, test_data)
-            write_json(run_dir / "metrics.json", {"data": test_data.name, "num_images": len(test_data),
-                                                  "iteration": trainer.iteration, **scores})
+            write_json(run_dir / "metrics.json", {
+                "data": test_data.name, "num_images": len(test_data), "iteration": trainer.iteration,
+                "max_iters": trainer.max_iters, "max_time_s": trainer.max_time_s,
+                "train_seconds": summary["train_seconds"], "train_images_per_second": summary["train_images_per_second"],
+                "stopped_by": summary["stopped_by"], "batch_size": trainer.batch_size * ddp.get_world_size(),
+                "test_seconds_per_image": timing["seconds_per_image"],
+                "test_model_seconds_per_image": timing["model_seconds_per_image"],
+                **run_facts(device), **scores})
             tqdm.write(f"test mAP: VOC07 {scores['voc07']['mAP']}  VOC12 {scores['voc12']['mAP']}  "
                        f"-> {run_dir / 'metrics.json'}")
     ddp.barrier()

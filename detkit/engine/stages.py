@@ -25,6 +25,13 @@ Feature cache of stage 2 (``stages.svm.feature_cache``): ``memory``, ``disk`` (o
 image in ``run_dir/cache/fc7/``, written atomically, reused by a resumed run) or ``auto`` (memory up
 to ``memory_limit_mb``). Its size, ``regions x D x 2`` bytes, is logged before anything is written.
 The SVM solver then holds all features on the model's device. Single process only (no DDP).
+
+Cost in ``metrics.json`` (the fields of ``detkit.engine.run``): ``train_seconds`` is the sum of the
+stages' wall times (``train_stage_seconds`` has each; a stage finished by an earlier, resumed call
+keeps the seconds it took then), ``train_images_per_second`` and ``stopped_by`` are stage 1's
+(``method.stages.finetune.max_time_s`` bounds it), ``test_seconds_per_image`` the whole test pass
+(image loading included) and ``test_model_seconds_per_image`` the model calls alone (proposal
+search excluded in both: the proposals are given).
 """
 from __future__ import annotations
 
@@ -145,7 +152,8 @@ def finetune(model, dataset, conf: dict, run_dir: Path, device, names, cat_ids) 
     summary = trainer.fit(resume=True)
     losses = [h["loss"] for h in trainer.history]
     return {"iteration": summary["iteration"], "first_loss": losses[0] if losses else None,
-            "last_loss": losses[-1] if losses else None}
+            "last_loss": losses[-1] if losses else None, "train_seconds": summary["train_seconds"],
+            "train_images_per_second": summary["train_images_per_second"], "stopped_by": summary["stopped_by"]}
 
 
 def _feature_table(model, dataset, device, cfg: dict, cache_dir: Path, progress: bool) -> dict[str, torch.Tensor]:
@@ -322,14 +330,24 @@ def train_stages(cfg) -> dict[str, Any]:
                                  category_ids=cat_ids, metrics={"stages": info}), run_dir / "last.pt")
     summary: dict[str, Any] = {"iteration": iteration, "stages": info, "checkpoint": str(run_dir / "last.pt")}
     if test_set is not None:
+        from detkit.engine.run import run_facts
+
+        wall = time.perf_counter()
         dets, sec = predict_with_proposals(model, test_set, device=device, progress=progress,
                                            batch_size=int(test_cfg.get("batch_size", 1)))
+        wall = (time.perf_counter() - wall) / max(len(test_set), 1)
+        ft = info.get("finetune", {})
+        cost = {"train_seconds": sum(float(v.get("seconds", 0.0)) for v in info.values()),
+                "train_stage_seconds": {k: v.get("seconds") for k, v in info.items()},
+                "train_images_per_second": ft.get("train_images_per_second"),
+                "stopped_by": ft.get("stopped_by", "max_iters"),
+                "test_seconds_per_image": wall, "test_model_seconds_per_image": sec, **run_facts(device)}
         scores = score_detections(dets, test_data, coco=bool(test_cfg.get("coco", True)))
         summary["test"] = scores
         save_detections(run_dir / "detections.json", dets, test_data)
         write_json(run_dir / "metrics.json", {"data": test_data.name, "num_images": len(test_data),
                                               "iteration": iteration, "seconds_per_image": sec,
-                                              "stages": info, **scores})
+                                              "stages": info, **cost, **scores})
         tqdm.write(f"test mAP: VOC07 {scores['voc07']['mAP']}  VOC12 {scores['voc12']['mAP']}  "
                    f"({sec:.3f} s/img) -> {run_dir / 'metrics.json'}")
     return summary

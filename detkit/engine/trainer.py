@@ -13,6 +13,12 @@ seeded from ``(seed, epoch, index)``, so they do not depend on which worker load
 on where a run was interrupted. The loaders get their own ``torch.Generator`` so creating one
 never consumes the global RNG that the model's own sampling (RPN/RoI minibatches) draws from.
 
+Wall-clock budget: ``max_time_s`` stops training at the first iteration boundary after that many
+seconds of *training* (summed over resumes and saved in the checkpoint as ``timing``); periodic
+evaluation (``eval_every``) and checkpoint writes are not counted, data loading and worker start-up
+are. The LR schedule is still defined by ``max_iters``: size a cosine/step schedule so that
+``max_iters`` is reached within the budget. ``fit`` says which limit ended the run (``stopped_by``).
+
 Numerical faults: a non-finite loss (on any rank) raises ``NonFiniteLossError`` before the
 backward pass, leaving ``last.pt`` as the last good checkpoint, or, with ``skip_nonfinite``,
 skips that step. Weights are checked finite before every checkpoint write.
@@ -132,6 +138,8 @@ class Trainer:
         eval_every, val_dataset, val_data: evaluate ``val_dataset`` (scored against the
             ``DetectionData`` ``val_data``) every this many iterations and log its mAP.
         skip_nonfinite: skip steps whose loss is NaN/inf instead of stopping.
+        max_time_s: stop at the first iteration boundary after this many seconds of training
+            (module docstring; ``None``: no limit). The schedule still follows ``max_iters``.
         config, class_names, category_ids: stored in each checkpoint (rebuilding the model later).
     """
 
@@ -146,12 +154,14 @@ class Trainer:
         eval_batch_size: int | None = None, log_every: int = 10, skip_nonfinite: bool = False,
         config: dict | None = None, class_names: Sequence[str] | None = None,
         category_ids: Sequence[int] | None = None, progress: bool = True, tensorboard: bool = True,
-        find_unused_parameters: bool = False,
+        find_unused_parameters: bool = False, max_time_s: float | None = None,
     ):
         from detkit.data.sampler import build_batch_sampler
 
         if max_iters <= 0:
             raise ValueError(f"max_iters must be positive, got {max_iters}")
+        if max_time_s is not None and not float(max_time_s) > 0:
+            raise ValueError(f"max_time_s must be positive seconds or None, got {max_time_s}")
         if amp not in ("none", "bf16", "fp16"):
             raise ValueError(f"amp must be one of 'none', 'bf16', 'fp16', got {amp!r}")
         if len(train_dataset) == 0:
@@ -186,14 +196,44 @@ class Trainer:
         self.ckpt = CheckpointManager(self.run_dir, keep_every=keep_every)
         self.iteration, self.epoch, self.position, self.skipped = 0, 0, 0, 0
         self._saved_at = -1  # iteration of the last checkpoint written or loaded
+        self.max_time_s = None if max_time_s is None else float(max_time_s)
+        self.train_seconds = 0.0  # training wall time of the whole run, summed across resumes
+        self._mark: float | None = None  # perf_counter() from which the running stretch is counted
         self.metrics: dict[str, Any] = {}
         self.history: list[dict[str, float]] = []  # per-iteration losses (for tests and summaries)
 
     # ------------------------------------------------------------------ state
     def state(self) -> dict[str, Any]:
-        return make_state(model=self.net, iteration=self.iteration, epoch=self.epoch, position=self.position,
-                          optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler, config=self.config,
-                          class_names=self.class_names, category_ids=self.category_ids, metrics=self.metrics)
+        state = make_state(model=self.net, iteration=self.iteration, epoch=self.epoch, position=self.position,
+                           optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler, config=self.config,
+                           class_names=self.class_names, category_ids=self.category_ids, metrics=self.metrics)
+        state["timing"] = {"train_seconds": float(self.train_seconds), "stopped_by": self.stopped_by()}
+        return state
+
+    def stopped_by(self) -> str | None:
+        """``"max_iters"`` or ``"max_time_s"`` when training is over, else ``None``."""
+        if self.iteration >= self.max_iters:
+            return "max_iters"
+        if self.max_time_s is not None and self.train_seconds >= self.max_time_s:
+            return "max_time_s"
+        return None
+
+    def _tick(self) -> float:
+        """Add the time since the last mark to ``train_seconds`` (called at iteration boundaries)."""
+        now = time.perf_counter()
+        if self._mark is not None:
+            self.train_seconds += now - self._mark
+        self._mark = now
+        return self.train_seconds
+
+    def _out_of_time(self) -> bool:
+        """The budget is spent (all ranks agree, so none waits alone in a collective)."""
+        if self.max_time_s is None:
+            return False
+        out = self.train_seconds >= self.max_time_s
+        if ddp.get_world_size() > 1:
+            out = ddp.all_reduce_max(1.0 if out else 0.0, self.device) > 0
+        return out
 
     def save(self) -> Path | None:
         """Write ``last.pt`` on the main process (weights checked finite first)."""
@@ -215,6 +255,7 @@ class Trainer:
                 obj.load_state_dict(ckpt[name])
         self.iteration, self.epoch, self.position = int(ckpt["iteration"]), int(ckpt["epoch"]), int(ckpt["position"])
         self.metrics = dict(ckpt.get("metrics") or {})
+        self.train_seconds = float((ckpt.get("timing") or {}).get("train_seconds", 0.0))
         self._saved_at = self.iteration
         if "rng" in ckpt:
             restore_rng_state(ckpt["rng"])
@@ -294,8 +335,9 @@ class Trainer:
                    disable=not (self.progress and main))
         start_iter, t_last, rate = self.iteration, time.perf_counter(), None
         self.net.train()
+        self._mark = time.perf_counter()
         try:
-            while self.iteration < self.max_iters:
+            while self.iteration < self.max_iters and not self._out_of_time():
                 batches = self._epoch_batches(self.epoch)
                 if self.position >= len(batches):  # the previous run stopped at the end of an epoch
                     self.epoch, self.position = self.epoch + 1, 0
@@ -305,6 +347,7 @@ class Trainer:
                     self.scheduler.step()
                     self.iteration += 1
                     self.position += 1
+                    self._tick()
                     now = time.perf_counter()
                     inst = imgs_per_step / max(now - t_last, 1e-9)
                     rate, t_last = inst if rate is None else 0.9 * rate + 0.1 * inst, now
@@ -323,20 +366,31 @@ class Trainer:
                     bar.update(1)
                     if self.eval_every and self.val_dataset is not None and self.iteration % self.eval_every == 0:
                         self._log_eval(writer)
+                        self._mark = time.perf_counter()  # evaluation time is not training time
                     if self.checkpoint_every and self.iteration % self.checkpoint_every == 0:
                         self.save()
-                    if self.iteration >= self.max_iters:
+                        self._mark = time.perf_counter()  # nor is writing the checkpoint
+                    if self.iteration >= self.max_iters or self._out_of_time():
                         break
                 else:
                     self.epoch, self.position = self.epoch + 1, 0
+            self._tick()
+            self._mark = None
+            if self.stopped_by() == "max_time_s":
+                log.info("time budget max_time_s=%g spent after %.1f s of training, at iteration %d of %d",
+                         self.max_time_s, self.train_seconds, self.iteration, self.max_iters)
             if self._saved_at != self.iteration:
                 self.save()
         finally:
+            self._mark = None
             bar.close()
             if writer is not None:
                 writer.close()
+        images = self.iteration * imgs_per_step
         return {"iteration": self.iteration, "epoch": self.epoch, "skipped_steps": self.skipped,
-                "checkpoint": str(self.ckpt.last), "metrics": self.metrics}
+                "checkpoint": str(self.ckpt.last), "metrics": self.metrics,
+                "train_seconds": self.train_seconds, "stopped_by": self.stopped_by() or "max_iters",
+                "train_images_per_second": images / self.train_seconds if self.train_seconds > 0 else None}
 
     def _log_eval(self, writer) -> None:
         scores = self.evaluate()

@@ -148,3 +148,26 @@ def test_kill_between_stages_resumes_at_next(trained, monkeypatch):
     stages.train_stages(conf)
     assert stages._stage_path(run_dir, 0).stat().st_mtime_ns == t1
     assert stages._stage_path(run_dir, 1).is_file() and stages._stage_path(run_dir, 2).is_file()
+
+
+def test_metrics_carry_timing_of_resumed_stages(trained):
+    """A run whose stages were all done earlier: its metrics.json sums the stages' recorded
+    seconds and times the test pass; machine and git are there."""
+    import json
+    import shutil
+
+    tmp, _, summary = trained
+    conf = make_conf(tmp, run="timed")
+    (tmp / "timed").mkdir()
+    for i in range(3):
+        shutil.copy(stages._stage_path(tmp / "run", i), stages._stage_path(tmp / "timed", i))
+    conf["data"]["test"] = conf["data"]["train"]  # the proposals file covers trainval
+    conf["test"] = {"enabled": True, "coco": False, "batch_size": 2}
+    stages.train_stages(conf)
+    m = json.loads((tmp / "timed" / "metrics.json").read_text())
+    recorded = {k: v["seconds"] for k, v in summary["stages"].items()}
+    assert m["train_stage_seconds"] == pytest.approx(recorded)
+    assert m["train_seconds"] == pytest.approx(sum(recorded.values())) and m["stopped_by"] == "max_iters"
+    assert m["train_images_per_second"] == pytest.approx(5 * 2 / summary["stages"]["finetune"]["train_seconds"])
+    assert 0 < m["test_model_seconds_per_image"] <= m["test_seconds_per_image"]
+    assert m["machine"]["device"] == "cpu" and "commit" in m["git"]

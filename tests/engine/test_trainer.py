@@ -153,3 +153,71 @@ def test_predict_maps_to_original_coords(voc, tmp_path):
         assert np.allclose(dets[rec.image_id]["boxes"][0], (raw * scale).numpy(), atol=1e-3)
     scores = score_detections(dets, voc, coco=True)
     assert 0.0 <= scores["voc07"]["mAP"] <= 1.0 and "coco" in scores
+
+
+class FakeClock:
+    """``time.perf_counter`` stand-in: advances only when told (one training step = 1 s)."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def _timed_trainer(voc, run_dir, clock, monkeypatch, **kw):
+    import detkit.engine.trainer as trainer_mod
+
+    monkeypatch.setattr(trainer_mod.time, "perf_counter", clock)
+
+    class Timed(Trainer):
+        def _step(self, batch, targets):
+            clock.now += 1.0  # each optimiser step takes one (fake) second
+            return super()._step(batch, targets)
+
+        def save(self):
+            clock.now += 100.0  # checkpoint writes are slow but must not count as training
+            return super().save()
+
+    return _trainer(voc, run_dir, trainer_cls=Timed, **kw)
+
+
+def test_max_time_s_stops_early_and_resume_keeps_the_time(voc, tmp_path, monkeypatch):
+    clock = FakeClock()
+    t = _timed_trainer(voc, tmp_path, clock, monkeypatch, max_iters=50, checkpoint_every=1, max_time_s=2.5)
+    out = t.fit()
+    # 1 s per step: after step 3 the 2.5 s budget is spent; the 100 s checkpoint writes are excluded
+    assert out["iteration"] == 3 and out["stopped_by"] == "max_time_s"
+    assert out["train_seconds"] == pytest.approx(3.0)
+    assert out["train_images_per_second"] == pytest.approx(3 * 2 / 3.0)
+    ckpt = load_checkpoint(tmp_path / "last.pt")
+    assert ckpt["iteration"] == 3 and ckpt["position"] == 3 and ckpt["scheduler"]["last_epoch"] == 3
+    assert ckpt["timing"] == {"train_seconds": pytest.approx(3.0), "stopped_by": "max_time_s"}
+    # a larger budget continues from the saved 3 s: steps 4 and 5 (5 s >= 4.5 s)
+    t2 = _timed_trainer(voc, tmp_path, clock, monkeypatch, max_iters=50, checkpoint_every=1, max_time_s=4.5)
+    out2 = t2.fit(resume=True)
+    assert out2["iteration"] == 5 and out2["train_seconds"] == pytest.approx(5.0)
+    assert out2["stopped_by"] == "max_time_s" and len(t2.history) == 2
+    # the same spent budget again: nothing more to train
+    t3 = _timed_trainer(voc, tmp_path, clock, monkeypatch, max_iters=50, max_time_s=4.5)
+    assert t3.fit(resume=True)["iteration"] == 5 and not t3.history
+
+
+def test_max_iters_reached_within_budget(voc, tmp_path, monkeypatch):
+    clock = FakeClock()
+    t = _timed_trainer(voc, tmp_path, clock, monkeypatch, max_iters=2, max_time_s=60)
+    out = t.fit()
+    assert out["iteration"] == 2 and out["stopped_by"] == "max_iters" and out["train_seconds"] == pytest.approx(2.0)
+    assert load_checkpoint(tmp_path / "last.pt")["timing"]["stopped_by"] == "max_iters"
+    with pytest.raises(ValueError, match="max_time_s"):
+        _trainer(voc, tmp_path / "bad", max_iters=2, max_time_s=0)
+
+
+def test_timed_predict_counts_images_and_model_time(voc):
+    from detkit.engine.evaluator import timed_predict
+
+    ds = DetectionDataset(voc, build_transforms(train=False, min_size=64, max_size=96))
+    dets, timing = timed_predict(TinyDetector(num_classes=voc.num_classes).eval(), ds, batch_size=3, progress=False)
+    assert len(dets) == len(ds) == timing["images"]
+    assert 0 < timing["model_seconds"] <= timing["seconds"]
+    assert timing["seconds_per_image"] == pytest.approx(timing["seconds"] / len(ds))

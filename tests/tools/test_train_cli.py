@@ -45,6 +45,11 @@ def test_train_writes_checkpoint_metrics_and_config(trained):
     for key in ("voc07", "voc12", "coco"):
         assert key in metrics
     assert 0.0 <= metrics["voc07"]["mAP"] <= 1.0
+    assert metrics["stopped_by"] == "max_iters" and metrics["iteration"] == 4 and metrics["train_seconds"] > 0
+    assert metrics["train_images_per_second"] == pytest.approx(4 * 2 / metrics["train_seconds"])
+    assert 0 < metrics["test_model_seconds_per_image"] <= metrics["test_seconds_per_image"]
+    assert metrics["machine"]["device"] == "cpu" and "commit" in metrics["git"]
+    assert "solver.max_iters=4" in (run_dir / ".hydra" / "overrides.yaml").read_text()
     dets = json.loads((run_dir / "detections.json").read_text())
     assert isinstance(dets, list) and all({"image_id", "category_id", "bbox", "score"} <= set(d) for d in dets)
     assert (run_dir / ".hydra" / "config.yaml").is_file() and (root / "Annotations").is_dir()
@@ -112,3 +117,17 @@ def test_mismatched_checkpoint_is_refused(trained, tmp_path, capsys):
     assert _infer_main()(["--checkpoint", str(tmp_path / "m.pt"), str(run_dir), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "m.pt: weights do not fit" in err and "shape mismatch" in err
+
+
+def test_compile_config_compiles_in_place_and_keeps_checkpoint_keys(trained, tmp_path):
+    """compile.enabled=true (the cheap eager backend) trains, logs what it compiled, and writes a
+    checkpoint with exactly the uncompiled run's keys (nn.Module.compile works in place)."""
+    _, run_dir, root = trained
+    out = tmp_path / "compiled"
+    r = _run(["tools/train.py", f"run_dir={out}", f"data.root={root}", *TINY, "solver.max_iters=2",
+              "test.enabled=false", "compile.enabled=true", "compile.backend=eager"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "compile: trunk -> backbone.trunk" in r.stderr + r.stdout
+    compiled = torch.load(out / "last.pt", map_location="cpu", weights_only=True)["model"]
+    plain = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=True)["model"]
+    assert list(compiled) == list(plain)
