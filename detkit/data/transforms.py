@@ -129,6 +129,15 @@ class DetectionTransform:
             self.compose.set_random_seed(info.seed % 2**32)
             self._worker_seeded = (info.id, info.seed)
 
+    def set_random_seed(self, seed: int) -> None:
+        """Seed the augmentation draws. An explicit seed (the trainer seeds every sample from
+        ``(seed, epoch, index)``) also stands in for the per-worker reseed, which would otherwise
+        override it for the first sample a worker loads."""
+        info = torch.utils.data.get_worker_info()
+        if info is not None:
+            self._worker_seeded = (info.id, info.seed)
+        self.compose.set_random_seed(seed)
+
     def __call__(self, image: np.ndarray, boxes: np.ndarray, **fields: np.ndarray) -> dict[str, Any]:
         self._seed_for_worker()
         if image.ndim != 3 or image.shape[2] != 3:

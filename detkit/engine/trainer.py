@@ -12,6 +12,9 @@ images**. Augmentation: each sample's random draws (albumentations, ``random``, 
 seeded from ``(seed, epoch, index)``, so they do not depend on which worker loads the sample or
 on where a run was interrupted. The loaders get their own ``torch.Generator`` so creating one
 never consumes the global RNG that the model's own sampling (RPN/RoI minibatches) draws from.
+One loader serves the whole ``fit`` (``detkit.engine.train_data``): its workers live across
+epochs, so a small data set (bccd: 32 steps of 8 per epoch) does not pay worker start-up and an
+empty prefetch queue at every epoch boundary.
 
 Wall-clock budget: ``max_time_s`` stops training at the first iteration boundary after that many
 seconds of *training* (summed over resumes and saved in the checkpoint as ``timing``); periodic
@@ -28,84 +31,27 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import random
 import time
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from detkit.engine import distributed as ddp
 from detkit.engine.checkpoint import CheckpointManager, load_checkpoint, load_model_weights, make_state, restore_rng_state
 from detkit.engine.evaluator import autocast_context, predict, proposal_kwargs, score_detections
 from detkit.engine.optim import build_optimizer, build_scheduler
+from detkit.engine.train_data import KeyedBatches, SeededSamples, sample_seed
 
 log = logging.getLogger("detkit.train")
 
 
 class NonFiniteLossError(FloatingPointError):
     """Training met a NaN/inf loss or weights; the last good checkpoint was kept."""
-
-
-def sample_seed(seed: int, epoch: int, index: int) -> int:
-    """A 63-bit seed for one sample's augmentation, a function of ``(seed, epoch, index)`` only."""
-    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(2, np.uint64)[0] >> np.uint64(1))
-
-
-class SeededSamples(Dataset):
-    """Wraps a dataset so that ``ds[(index, seed)]`` is ``dataset[index]`` drawn with that seed.
-
-    Global RNGs are restored afterwards: loading in the main process never disturbs the model's
-    random stream. The transforms' own albumentations generators are reseeded through
-    ``set_random_seed`` when the dataset's ``transforms`` (or its ``.compose``) has it.
-
-    Lenient training: a sample whose image turns out unreadable only now (``DataError``: truncated,
-    corrupt, not an image, size differs from its record) is replaced by the next readable sample,
-    with one ``DataWarning`` naming the file (docs/reliability.md); the choice is deterministic, so
-    exact resume still holds. ``check_images=true`` at load time finds such files up front.
-    """
-
-    def __init__(self, dataset):
-        self.dataset = dataset
-        t = getattr(dataset, "transforms", None)
-        t = getattr(t, "compose", t)
-        self._reseed = getattr(t, "set_random_seed", None)
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, key: tuple[int, int]):
-        index, seed = key
-        py, npst = random.getstate(), np.random.get_state()
-        with torch.random.fork_rng(devices=[]):
-            random.seed(seed)
-            np.random.seed(seed % 2**32)
-            torch.manual_seed(seed)
-            if self._reseed is not None:
-                self._reseed(seed % 2**32)
-            try:
-                return self._first_readable(index)
-            finally:
-                random.setstate(py)
-                np.random.set_state(npst)
-
-    def _first_readable(self, index: int):
-        from detkit.data.problems import DataError, DataWarning
-
-        n = len(self.dataset)
-        for step in range(n):
-            try:
-                return self.dataset[(index + step) % n]
-            except DataError as e:
-                err = e
-                warnings.warn(f"{e}; training on the next readable sample in its place", DataWarning, stacklevel=2)
-        raise DataError(f"none of the {n} training images can be read (last: {err})")
 
 
 def _to_device(targets: list[dict[str, Any]], device: torch.device) -> list[dict[str, Any]]:
@@ -200,6 +146,7 @@ class Trainer:
         self.train_seconds = 0.0  # training wall time of the whole run, summed across resumes
         self._mark: float | None = None  # perf_counter() from which the running stretch is counted
         self.metrics: dict[str, Any] = {}
+        self._batches_of: tuple[int, list[list[int]]] = (-1, [])
         self.history: list[dict[str, float]] = []  # per-iteration losses (for tests and summaries)
 
     # ------------------------------------------------------------------ state
@@ -262,17 +209,32 @@ class Trainer:
 
     # ------------------------------------------------------------------ data
     def _epoch_batches(self, epoch: int) -> list[list[int]]:
-        self.sampler.set_epoch(epoch)
-        return [list(b) for b in self.sampler]
+        if self._batches_of[0] != epoch:  # one list per epoch, shared by the two walks of _schedule
+            self.sampler.set_epoch(epoch)
+            self._batches_of = (epoch, [list(b) for b in self.sampler])
+        return self._batches_of[1]
 
-    def _loader(self, batches: list[list[int]], epoch: int) -> DataLoader:
+    def _schedule(self, epoch: int, position: int):
+        """Every batch from ``(epoch, position)`` on, across epochs: ``(epoch, position, batches in
+        the epoch, [(index, sample seed), ...])``. Skipped batches load no image."""
+        while True:
+            batches = self._epoch_batches(epoch)
+            if not batches:
+                raise ValueError("the batch sampler gave no batch for an epoch (is the training set empty?)")
+            for pos in range(position, len(batches)):
+                yield epoch, pos, len(batches), [(i, sample_seed(self.seed, epoch, i)) for i in batches[pos]]
+            epoch, position = epoch + 1, 0
+
+    def _loader(self, epoch: int, position: int) -> DataLoader:
+        """One loader for the rest of the run: its workers live across epochs, so a small data set
+        does not pay worker start-up and an empty prefetch queue at every epoch boundary."""
         from detkit.data.dataset import collate_detections
 
-        keyed = [[(i, sample_seed(self.seed, epoch, i)) for i in b] for b in batches]
         return DataLoader(
-            SeededSamples(self.train_dataset), batch_sampler=keyed, num_workers=self.num_workers,
+            SeededSamples(self.train_dataset), batch_sampler=KeyedBatches(self._schedule(epoch, position)),
+            num_workers=self.num_workers,
             collate_fn=functools.partial(collate_detections, size_divisible=self.size_divisible),
-            pin_memory=self.device.type == "cuda", persistent_workers=False,
+            pin_memory=self.device.type == "cuda",
             generator=torch.Generator().manual_seed(self.seed + epoch),
         )
 
@@ -337,43 +299,41 @@ class Trainer:
         self.net.train()
         self._mark = time.perf_counter()
         try:
-            while self.iteration < self.max_iters and not self._out_of_time():
-                batches = self._epoch_batches(self.epoch)
-                if self.position >= len(batches):  # the previous run stopped at the end of an epoch
-                    self.epoch, self.position = self.epoch + 1, 0
-                    continue
-                for batch, targets in self._loader(batches[self.position:], self.epoch):
-                    values = self._step(batch, targets)
-                    self.scheduler.step()
-                    self.iteration += 1
-                    self.position += 1
-                    self._tick()
-                    now = time.perf_counter()
-                    inst = imgs_per_step / max(now - t_last, 1e-9)
-                    rate, t_last = inst if rate is None else 0.9 * rate + 0.1 * inst, now
-                    lr = self.optimizer.param_groups[0]["lr"]
-                    if values is not None:
-                        self.history.append(values)
-                        if self.iteration % self.log_every == 0 or self.iteration == start_iter + 1:
-                            shown = ddp.all_reduce_mean(values, self.device)
-                            bar.set_postfix({**{k: f"{v:.3f}" for k, v in shown.items()}, "lr": f"{lr:.2e}",
-                                             "img/s": f"{rate:.1f}"}, refresh=False)
-                            if writer is not None:
-                                for k, v in shown.items():
-                                    writer.add_scalar(f"train/{k}", v, self.iteration)
-                                writer.add_scalar("train/lr", lr, self.iteration)
-                                writer.add_scalar("train/img_per_s", rate, self.iteration)
-                    bar.update(1)
-                    if self.eval_every and self.val_dataset is not None and self.iteration % self.eval_every == 0:
-                        self._log_eval(writer)
-                        self._mark = time.perf_counter()  # evaluation time is not training time
-                    if self.checkpoint_every and self.iteration % self.checkpoint_every == 0:
-                        self.save()
-                        self._mark = time.perf_counter()  # nor is writing the checkpoint
-                    if self.iteration >= self.max_iters or self._out_of_time():
-                        break
-                else:
-                    self.epoch, self.position = self.epoch + 1, 0
+            # Two walks of the same schedule: the loader's (which runs ahead by its prefetch) and the
+            # loop's, which says where each consumed batch sits for the checkpoint.
+            where = self._schedule(self.epoch, self.position)
+            done = self.iteration >= self.max_iters or self._out_of_time()
+            loader = self._loader(self.epoch, self.position) if not done else ()
+            for (batch, targets), (epoch, pos, _, _) in zip(loader, where):
+                values = self._step(batch, targets)
+                self.scheduler.step()
+                self.iteration += 1
+                self.epoch, self.position = epoch, pos + 1
+                self._tick()
+                now = time.perf_counter()
+                inst = imgs_per_step / max(now - t_last, 1e-9)
+                rate, t_last = inst if rate is None else 0.9 * rate + 0.1 * inst, now
+                lr = self.optimizer.param_groups[0]["lr"]
+                if values is not None:
+                    self.history.append(values)
+                    if self.iteration % self.log_every == 0 or self.iteration == start_iter + 1:
+                        shown = ddp.all_reduce_mean(values, self.device)
+                        bar.set_postfix({**{k: f"{v:.3f}" for k, v in shown.items()}, "lr": f"{lr:.2e}",
+                                         "img/s": f"{rate:.1f}"}, refresh=False)
+                        if writer is not None:
+                            for k, v in shown.items():
+                                writer.add_scalar(f"train/{k}", v, self.iteration)
+                            writer.add_scalar("train/lr", lr, self.iteration)
+                            writer.add_scalar("train/img_per_s", rate, self.iteration)
+                bar.update(1)
+                if self.eval_every and self.val_dataset is not None and self.iteration % self.eval_every == 0:
+                    self._log_eval(writer)
+                    self._mark = time.perf_counter()  # evaluation time is not training time
+                if self.checkpoint_every and self.iteration % self.checkpoint_every == 0:
+                    self.save()
+                    self._mark = time.perf_counter()  # nor is writing the checkpoint
+                if self.iteration >= self.max_iters or self._out_of_time():
+                    break
             self._tick()
             self._mark = None
             if self.stopped_by() == "max_time_s":

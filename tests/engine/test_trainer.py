@@ -101,6 +101,26 @@ def test_resume_is_exact(voc, tmp_path):
     assert [h["loss"] for h in resumed.history] == [h["loss"] for h in ref.history[3:]]
 
 
+def test_one_loader_serves_every_epoch_and_workers_change_nothing(voc, tmp_path, monkeypatch):
+    """The workers live across epochs (one DataLoader per fit), and loading in a worker process
+    gives exactly the losses of loading in the main process (samples are seeded by key)."""
+    import detkit.engine.trainer as trainer_module
+
+    made, real = [], trainer_module.DataLoader
+
+    def counting(*args, **kwargs):
+        made.append(kwargs.get("num_workers"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "DataLoader", counting)
+    inline = _trainer(voc, tmp_path / "inline", max_iters=9)  # ~6 batches/epoch: crosses an epoch
+    inline.fit()
+    worker = _trainer(voc, tmp_path / "worker", max_iters=9, num_workers=1)
+    worker.fit()
+    assert made == [0, 1] and worker.epoch == inline.epoch >= 1
+    assert [h["loss"] for h in worker.history] == [h["loss"] for h in inline.history]
+
+
 class PoisonedTiny(TinyDetector):
     """Returns a NaN loss on its ``bad_call``-th training forward pass."""
 
