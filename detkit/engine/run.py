@@ -120,6 +120,11 @@ def train_from_config(cfg) -> dict[str, Any]:
             log.warning("compile.enabled is ignored by %s's stage-wise training", conf["method"]["name"])
         return train_stages(conf)
     # --- end R-CNN / SPPNet
+    # --- Faster R-CNN's 4-step alternating training (method.training=alternating), detkit.engine.alternating
+    if conf["method"].get("training", "joint") != "joint":
+        from detkit.engine.alternating import train_alternating
+        return train_alternating(conf)
+    # --- end alternating
     device = ddp.resolve_device(conf.get("device", "auto"))
     ddp.init_distributed(device)
     seed, data_cfg, solver = int(conf.get("seed", 0)), conf["data"], dict(conf["solver"])
