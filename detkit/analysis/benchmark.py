@@ -30,6 +30,9 @@ import torch
 from torch import Tensor, nn
 
 # machine_info, git_commit, COUNTERS, summarize and BenchmarkError are part of this module's API too.
+# Phase maps (DETKIT_PHASES for Fast/Faster R-CNN, phase_map(model) for every method) live with
+# the other per-method knowledge in detkit.analysis.method_inputs.
+from detkit.analysis.method_inputs import DETKIT_PHASES, phase_map  # noqa: F401
 from detkit.analysis.machine import current_memory_mb, git_commit, machine_info, peak_memory_mb, reset_peak_memory  # noqa: F401
 from detkit.analysis.timing import COUNTERS, BenchmarkError, Clock, PhaseTimer, summarize  # noqa: F401
 from detkit.data.batch import ImageBatch
@@ -37,20 +40,6 @@ from detkit.data.batch import ImageBatch
 PRECISIONS = ("fp32", "bf16", "fp16")
 INFER_PHASES = ("preprocess", "trunk", "proposals", "region_head", "postprocess")
 TRAIN_PHASES = ("preprocess", "trunk", "proposals", "roi_sampling", "region_head", "backward", "optimizer")
-
-# Dotted paths on a detkit detector; a module path is hooked, a method path is wrapped.
-DETKIT_PHASES: dict[str, list[str]] = {
-    "preprocess": ["preprocess"],
-    "trunk": ["backbone.trunk"],
-    "proposals": ["rpn"],
-    "roi_sampling": ["roi_head.sample"],
-    "region_head": ["roi_head.roi_pool", "roi_head.box_head", "roi_head.predictor"],
-    "postprocess": ["roi_head.postprocess"],
-    "rois": ["roi_head.predictor"],  # not a phase: counts the regions its first output has
-}
-
-
-
 
 # ----------------------------------------------------------------------------- random inputs
 def random_batch(n: int, height: int, width: int, *, device: torch.device, generator: torch.Generator,
@@ -91,7 +80,7 @@ def autocast(device: torch.device, precision: str):
 
 
 def takes_proposals(model: nn.Module) -> bool:
-    """Whether the detector's ``forward`` takes ``proposals=`` (Fast R-CNN: given proposals)."""
+    """Whether the detector's ``forward`` takes ``proposals=`` (R-CNN, SPPNet, Fast R-CNN)."""
     return "proposals" in inspect.signature(model.forward).parameters
 
 
@@ -216,8 +205,9 @@ def benchmark_detectors(models: dict[str, tuple[nn.Module, dict[str, list[str]]]
     Args:
         models: name -> ``(detector, phase map)`` (``DETKIT_PHASES`` for detkit's detectors).
         batch_size: training batch and inference-throughput batch (latency is at batch 1).
-        num_proposals: random given proposals per image for detectors that take them (Fast
-            R-CNN; made before timing, so their ``proposals`` phase is 0).
+        num_proposals: random given proposals per image for detectors that take them (R-CNN,
+            SPPNet, Fast R-CNN: the same boxes for all, made before timing, so the proposal
+            search is excluded and their ``proposals`` phase is 0).
 
     Returns name -> ``{"train": ..., "infer_latency": ..., "infer_throughput": ...}`` (what
     ``mode`` asks for), each as described in :func:`measure`.
@@ -262,6 +252,15 @@ def benchmark_detectors(models: dict[str, tuple[nn.Module, dict[str, list[str]]]
         for res in out.values():
             res["infer_throughput"] = res["infer_latency"]
     return out
+
+
+def relative_to_fastest(results: dict[str, dict], key: str = "infer_latency") -> dict[str, float]:
+    """Each model's median ``key`` time over the fastest one's (1.0 = the fastest)."""
+    medians = {name: res[key]["total_ms"]["median"] for name, res in results.items() if key in res}
+    if not medians:
+        return {}
+    fastest = min(medians.values())
+    return {name: ms / fastest for name, ms in medians.items()}
 
 
 def benchmark_detector(model: nn.Module, *, phases: dict[str, list[str]] | None = None, **kwargs) -> dict:

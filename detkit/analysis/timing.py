@@ -74,6 +74,9 @@ class PhaseTimer(contextlib.AbstractContextManager):
 
     Use :meth:`start` before a call and :meth:`totals_ms` after it (and after ``clock.sync()``).
     Calls of one phase that nest (a hooked module inside another of the same phase) count once.
+    A phase is *self time*: a span of another phase nested inside it (R-CNN's ``detect`` =
+    postprocess calling ``region_features`` = region head) is subtracted from the enclosing one,
+    so phases never count the same time twice and ``other`` stays >= 0.
     The ``rois`` entry is a counter, not a phase: ``rois`` sums the first dimension of the
     hooked module's (first) output — the regions the region head ran on in the call.
     """
@@ -85,6 +88,9 @@ class PhaseTimer(contextlib.AbstractContextManager):
         for name, paths in phases.items():
             for path in paths:
                 hit = _resolve(model, path)
+                if hit is not None and name in COUNTERS and not isinstance(hit[2], nn.Module):
+                    raise BenchmarkError(f"benchmark.py: counter {name!r} needs a module path (a forward "
+                                         f"hook sees its output), got the method {path!r}")
                 if hit is not None and (isinstance(hit[2], nn.Module) or callable(hit[2])):
                     self._targets.append((name, path, *hit))
                     self.found[name].append(path)
@@ -92,6 +98,8 @@ class PhaseTimer(contextlib.AbstractContextManager):
         self._patched: list[tuple[object, str]] = []
         self._open: dict[str, list] = {}
         self._spans: dict[str, list] = {}
+        self._nested: dict[str, list] = {}  # spans of other phases inside this one (subtracted)
+        self._active: list[str] = []  # phases open now, outermost first
         self.rois = 0
 
     def extra(self, name: str) -> contextlib.AbstractContextManager:
@@ -110,15 +118,22 @@ class PhaseTimer(contextlib.AbstractContextManager):
     def _enter(self, name: str) -> None:
         stack = self._open.setdefault(name, [])
         stack.append(self.clock.mark() if not stack else None)
+        if stack[-1] is not None:
+            self._active.append(name)
 
     def _exit(self, name: str) -> None:
         start = self._open[name].pop()
         if start is not None:
-            self._spans.setdefault(name, []).append((start, self.clock.mark()))
+            span = (start, self.clock.mark())
+            self._spans.setdefault(name, []).append(span)
+            if self._active and self._active[-1] == name:
+                self._active.pop()
+            if self._active:  # the enclosing phase does not count this span again
+                self._nested.setdefault(self._active[-1], []).append(span)
 
     def __enter__(self) -> "PhaseTimer":
         for name, _, owner, attr, value in self._targets:
-            if name in COUNTERS and isinstance(value, nn.Module):
+            if name in COUNTERS:
                 self._handles.append(value.register_forward_hook(self._count))
             elif isinstance(value, nn.Module):
                 self._handles.append(value.register_forward_pre_hook(lambda *_, n=name: self._enter(n)))
@@ -139,11 +154,16 @@ class PhaseTimer(contextlib.AbstractContextManager):
         self._handles, self._patched = [], []
 
     def _count(self, _module, _args, output) -> None:
+        """Regions the hooked head ran on: rows of a ``(R, D)`` output, or every location
+        ``N * h * w`` of a dense ``(N, C, h, w)`` map (OverFeat's classifier: one window each)."""
         first = output[0] if isinstance(output, (tuple, list)) else output
-        self.rois += int(first.shape[0])
+        self.rois += int(first.shape[0]) * (int(first.shape[-2] * first.shape[-1]) if first.dim() == 4 else 1)
 
     def start(self) -> None:
-        self._open, self._spans, self.rois = {}, {}, 0
+        self._open, self._spans, self._nested, self._active, self.rois = {}, {}, {}, [], 0
 
     def totals_ms(self) -> dict[str, float]:
-        return {name: sum(self.clock.ms(a, b) for a, b in spans) for name, spans in self._spans.items()}
+        """Self time per phase: its spans minus the other phases' spans nested in them."""
+        def total(spans) -> float:
+            return sum(self.clock.ms(a, b) for a, b in spans)
+        return {name: total(spans) - total(self._nested.get(name, ())) for name, spans in self._spans.items()}

@@ -1,4 +1,5 @@
-"""tools/benchmark.py from the command line: a tiny Faster R-CNN with --compare torchvision."""
+"""tools/benchmark.py from the command line: a tiny Faster R-CNN with --compare torchvision, and
+all five methods in one run (--methods)."""
 from __future__ import annotations
 
 import json
@@ -26,7 +27,7 @@ def test_cli_compare_writes_complete_json_and_prints_table(tmp_path):
                  "--set", "method.model.rpn_post_nms_top_n_test=50", "--out", str(out)], tmp_path)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(out.read_text())
-    assert result["schema"] == "detkit-benchmark/1"
+    assert result["schema"] == "detkit-benchmark/1.1"
     s = result["settings"]
     assert s["input_hw"] == [64, 96] and s["precision"] == "fp32" and s["roi_pool_mode"] == "align"
     # Options reached the model built from configs/: width 0.125 -> 256 * 0.125 trunk channels.
@@ -82,3 +83,63 @@ def test_cli_compile_option(tmp_path, capsys):
     tool = load_tool("benchmark")
     assert tool.main(["--method", "faster_rcnn", *TINY, "--compile", "fastest"]) == 1
     assert "mode must be one of" in capsys.readouterr().err
+
+
+FIVE = ["rcnn", "sppnet", "overfeat", "fast_rcnn", "faster_rcnn"]
+
+
+def test_cli_methods_times_all_five_in_one_run(tmp_path):
+    out = tmp_path / "five.json"
+    # Tiny: one SPPNet scale and one OverFeat scale (the papers' 5 and 6 upscale 64 px images to
+    # 1200-2000 px), 20 given proposals.
+    proc = _run(["--methods", *FIVE, "--backbone", "alexnet", "--width", "0.125", "--input", "64x96",
+                 "--proposals", "20", "--warmup", "1", "--repeats", "2", "--device", "cpu", "--num-classes", "3",
+                 "--roi-mode", "align", "--set", "sppnet:method.model.scales=null",
+                 "--set", "overfeat:method.model.scales=[1.0]", "--set", "rcnn:method.model.detections_per_img=50",
+                 "--out", str(out)], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    assert result["schema"] == "detkit-benchmark/1.1"
+    s = result["settings"]
+    assert s["methods"] == FIVE and s["mode"] == "infer" and s["batch"] == 1
+    assert list(result["results"]) == FIVE
+    # Per-method overrides reached only their method; --roi-mode only the methods with RoI pooling.
+    cfgs = result["model_config"]["methods"]
+    assert cfgs["sppnet"]["model"]["scales"] is None and cfgs["overfeat"]["model"]["scales"] == [1.0]
+    assert cfgs["rcnn"]["model"]["detections_per_img"] == 50
+    assert cfgs["sppnet"]["model"]["detections_per_img"] == 100 == cfgs["fast_rcnn"]["model"]["detections_per_img"]
+    assert s["roi_pool_mode"] == {"rcnn": None, "sppnet": None, "overfeat": None, "fast_rcnn": "align",
+                                  "faster_rcnn": "align"}
+    assert result["model_config"]["backbone"]["width"] == 0.125
+    info = result["methods"]
+    assert [info[m]["proposals"] for m in FIVE] == ["given (20/img)"] * 2 + ["dense windows", "given (20/img)", "RPN"]
+    assert info["rcnn"]["random_test_parts"] == ["svm_weight", "bbox_regressor"] == info["sppnet"]["random_test_parts"]
+    medians = {m: result["results"][m]["infer_latency"]["total_ms"]["median"] for m in FIVE}
+    for m in FIVE:
+        lat = result["results"][m]["infer_latency"]
+        assert lat["batch_size"] == 1 and lat["total_ms"]["n"] == 2
+        assert math.isclose(result["relative"][m], medians[m] / min(medians.values()))
+        if info[m]["proposals"].startswith("given"):
+            assert lat["rois_per_image"] == 20 and lat["phases_ms"]["proposals"]["max"] == 0.0
+    assert result["results"]["faster_rcnn"]["infer_latency"]["phase_sources"]["proposals"] == ["rpn"]
+    assert result["results"]["overfeat"]["infer_latency"]["phase_sources"]["trunk"] == ["dense"]
+    lines = proc.stdout.splitlines()
+    for m in FIVE:
+        assert any(line.startswith(m + " ") for line in lines)
+    assert "Proposal search (selective search) excluded" in proc.stdout
+    # The experiments report reads the JSON as it reads a --method run's.
+    from detkit.analysis.results_report import bench_table
+    rows = bench_table([{"name": "five", "status": "done", "result": result}])
+    assert sum("infer_latency (b1)" in r for r in rows) == 5
+
+
+def test_methods_bad_options_are_one_line_errors(capsys):
+    tool = load_tool("benchmark")
+    assert tool.main(["--methods", "rcnn", "fast_rcnn", "--mode", "train", "--device", "cpu"]) == 1
+    assert "inference" in capsys.readouterr().err
+    assert tool.main(["--methods", "rcnn", "rcnn", "--device", "cpu"]) == 1
+    assert "twice" in capsys.readouterr().err
+    assert tool.main(["--methods", "fast_rcnn", "faster_rcnn", "--compare", "torchvision"]) == 1
+    assert "not --methods" in capsys.readouterr().err
+    assert tool.main(["--methods", "fast_rcnn", *TINY[:8], "--set", "rcnn:method.model.context=0"]) == 1
+    assert "'rcnn' is not one of" in capsys.readouterr().err
