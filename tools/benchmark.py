@@ -102,7 +102,7 @@ def pick_device(name: str) -> torch.device:
 
 def method_overrides(args: argparse.Namespace, method: str) -> list[str]:
     """``--set`` overrides for ``method``: plain ones, and ``METHOD:key=value`` ones of this method."""
-    names = args.methods or [args.method]
+    names = getattr(args, "methods", None) or [args.method]
     out = []
     for o in args.overrides:
         head = o.split("=", 1)[0]
@@ -135,7 +135,7 @@ def compose_config(args: argparse.Namespace, method: str | None = None) -> dict:
         overrides.append(f"backbone.width={args.width}")
     if args.norm is not None:
         overrides.append(f"backbone.norm={args.norm}")
-    if args.roi_mode is not None and not args.methods:
+    if args.roi_mode is not None and not getattr(args, "methods", None):
         overrides.append(f"method.model.roi_pool_mode={args.roi_mode}")
     overrides += method_overrides(args, method)
     try:
