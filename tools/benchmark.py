@@ -145,7 +145,7 @@ def compose_config(args: argparse.Namespace, method: str | None = None) -> dict:
     except (HydraException, OmegaConfBaseException) as e:
         raise BenchmarkError(f"configs/train.yaml with {overrides}: {str(e).splitlines()[0]}") from e
     model = out["method"].get("model") or {}
-    if args.roi_mode is not None and args.methods and "roi_pool_mode" in model:
+    if args.roi_mode is not None and getattr(args, "methods", None) and "roi_pool_mode" in model:
         model["roi_pool_mode"] = args.roi_mode
     return out
 
