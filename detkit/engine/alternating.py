@@ -223,7 +223,7 @@ def train_alternating(cfg) -> dict[str, Any]:
     if training != "alternating":
         raise ValueError(f"method.training must be 'joint' or 'alternating', got {training!r} "
                          "(configs/method/faster_rcnn.yaml)")
-    if ddp.get_world_size() > 1:
+    if ddp.env_world()[2] > 1:  # torchrun's WORLD_SIZE (the process group is not joined yet)
         raise ValueError("method.training=alternating runs in one process; start it without torchrun")
     if (conf.get("compile") or {}).get("enabled", False):
         log.warning("compile.enabled is ignored by the 4-step alternating training")

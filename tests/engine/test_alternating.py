@@ -162,3 +162,12 @@ def test_step_solver_overrides_and_bad_key():
         alternating.step_solver(conf, 2)
     with pytest.raises(ValueError, match="joint.*alternating"):
         train_from_config({"method": {"name": "faster_rcnn", "training": "alternate"}})
+
+
+def test_alternating_refuses_torchrun(monkeypatch):
+    from detkit.engine.alternating import train_alternating
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match="runs in one process"):
+        train_alternating({"method": {"name": "faster_rcnn", "training": "alternating"}, "data": {},
+                           "run_dir": "unused"})

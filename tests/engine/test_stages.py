@@ -171,3 +171,12 @@ def test_metrics_carry_timing_of_resumed_stages(trained):
     assert m["train_images_per_second"] == pytest.approx(5 * 2 / summary["stages"]["finetune"]["train_seconds"])
     assert 0 < m["test_model_seconds_per_image"] <= m["test_seconds_per_image"]
     assert m["machine"]["device"] == "cpu" and "commit" in m["git"]
+
+
+def test_stages_refuse_torchrun(monkeypatch):
+    """Under torchrun every rank would run every stage and write the same files: a clear error."""
+    from detkit.engine.stages import train_stages
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match="runs in one process"):
+        train_stages({"method": {"name": "rcnn", "stages": {}}, "data": {}, "run_dir": "unused"})
