@@ -121,6 +121,29 @@ def test_one_loader_serves_every_epoch_and_workers_change_nothing(voc, tmp_path,
     assert [h["loss"] for h in worker.history] == [h["loss"] for h in inline.history]
 
 
+def test_resume_is_exact_with_loader_workers(voc, tmp_path):
+    """A worker process loads the samples (and the resumed loader starts mid-epoch): the resumed
+    run still ends bit-identical to the uninterrupted one."""
+    n, crash_at = 9, 5
+    ref = _trainer(voc, tmp_path / "ref", max_iters=n, checkpoint_every=3, num_workers=1)
+    ref.fit()
+
+    class Crashing(Trainer):
+        def _step(self, batch, targets):
+            if self.iteration == crash_at:
+                raise SimulatedCrash
+            return super()._step(batch, targets)
+
+    with pytest.raises(SimulatedCrash):
+        _trainer(voc, tmp_path / "run", max_iters=n, checkpoint_every=3, num_workers=1, trainer_cls=Crashing).fit()
+    resumed = _trainer(voc, tmp_path / "run", seed=123, max_iters=n, checkpoint_every=3, num_workers=1)
+    resumed.fit(resume=True)
+    got, expected = _params(resumed), _params(ref)
+    for k in expected:
+        assert torch.equal(got[k], expected[k]), k
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in ref.history[3:]]
+
+
 class PoisonedTiny(TinyDetector):
     """Returns a NaN loss on its ``bad_call``-th training forward pass."""
 
