@@ -19,9 +19,15 @@ a handful of steps (liblinear ``-s 2`` solves the same problem with TRON). The h
 differentiable at ``m = 1``; we solve its Huber smoothing (quadratic on ``(1 - delta, 1)``) by
 continuation ``delta = 1, 0.1, 0.01, 0.001``, warm-starting each; the objective then differs from
 the exact hinge optimum by at most ``C * sum c_i * delta / 2``. The Hessian is ``(D+1)^2``
-(fc7: 4097^2 = 67 MB), one Cholesky per step. scikit-learn's liblinear is not a detkit dependency
-(not installed); it is single-threaded CPU code and would need the GPU-cached features copied to
-host for every retrain, whereas here one retrain is a few dense GEMMs on the device.
+(fc7: 4097^2 = 67 MB), one Cholesky per step: on the GPU, where the features are cached, a
+retrain is a few dense GEMMs and factorisations on the device.
+
+``solver="liblinear"`` solves the same problem with scikit-learn's ``LinearSVC`` (liblinear, R-CNN's
+own solver: ``-s 3`` dual coordinate descent for the hinge, ``-s 2`` for the squared hinge), on the
+CPU, without warm starts. On the CPU it is 25-270x faster than the Newton solver at fc7 size
+(docs/rcnn_sppnet.md, ``tools/svm_solvers.py``), so ``solver="auto"`` (the stage-2 default) takes
+it for features on the CPU when scikit-learn is installed (``pip install detkit[liblinear]``) and
+the torch solver otherwise. scikit-learn is an optional dependency.
 
 Hard-negative mining (``rcnn_train.m``): positives are the ground-truth boxes of the class; the
 negative pool (regions with IoU < 0.3 with every ground truth of the class) is visited chunk by
@@ -40,6 +46,11 @@ import torch
 from torch import Tensor
 
 LOSSES = ("hinge", "squared_hinge")
+SOLVERS = ("auto", "torch", "liblinear")
+# liblinear's stopping tolerance: scikit-learn's default. R-CNN ran liblinear's -s 3 default (0.1),
+# which stops ~0.4 % above the optimum on fc7-sized problems (docs/rcnn_sppnet.md); 1e-4 reaches it
+# (within 0.001 %) at a few seconds per retrain.
+LIBLINEAR_TOL, LIBLINEAR_MAX_ITER = 1e-4, 10000
 # Huber-smoothing widths for the hinge, coarse to fine (see the module docstring).
 HINGE_CONTINUATION = (1.0, 0.1, 0.01, 0.001)
 
@@ -147,6 +158,50 @@ def _fit(pos: Tensor, neg: Tensor, theta: Tensor, *, C: float, pos_weight: float
     return theta, float(obj)
 
 
+def liblinear_available() -> bool:
+    """Whether scikit-learn (liblinear's ``LinearSVC``) can be imported."""
+    try:
+        import sklearn.svm  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_solver(solver: str, device: torch.device) -> str:
+    """``"torch"`` or ``"liblinear"`` for ``solver`` in ``SOLVERS`` and features on ``device``."""
+    if solver not in SOLVERS:
+        raise ValueError(f"svm.py: solver must be one of {SOLVERS}, got {solver!r}")
+    if solver == "auto":
+        return "liblinear" if torch.device(device).type == "cpu" and liblinear_available() else "torch"
+    if solver == "liblinear" and not liblinear_available():
+        raise ImportError("svm.py: solver='liblinear' needs scikit-learn, which is optional: "
+                          "pip install scikit-learn (or detkit[liblinear]), or use solver='torch'")
+    return solver
+
+
+def _fit_liblinear(pos: Tensor, neg: Tensor, *, C: float, pos_weight: float, bias_mult: float,
+                   loss: str) -> tuple[Tensor, float]:
+    """The problem of the module docstring by liblinear: ``class_weight`` scales ``C`` per class
+    (``c_i``), ``intercept_scaling`` appends the constant feature ``bias_mult`` whose weight is
+    ``w_b`` (penalised like any weight), so ``intercept_ = bias_mult * w_b``. No warm start."""
+    import numpy as np
+    from sklearn.svm import LinearSVC
+
+    x = torch.cat((pos, neg)).detach().to("cpu", torch.float64).numpy()
+    y = np.r_[np.ones(len(pos)), -np.ones(len(neg))]
+    clf = LinearSVC(C=C, class_weight={1: float(pos_weight), -1: 1.0}, loss=loss, dual=loss == "hinge",
+                    fit_intercept=True, intercept_scaling=bias_mult, tol=LIBLINEAR_TOL,
+                    max_iter=LIBLINEAR_MAX_ITER)
+    clf.fit(x, y)
+    theta = torch.from_numpy(np.r_[clf.coef_[0], clf.intercept_[0] / bias_mult]).to(pos)
+    z = torch.cat((pos, neg)) @ theta[:-1] + bias_mult * theta[-1]
+    yt = torch.from_numpy(y).to(pos)
+    c = torch.cat((torch.full((len(pos),), float(pos_weight)), torch.ones(len(neg)))).to(pos)
+    r = (1 - yt * z).clamp(min=0)
+    obj = 0.5 * theta.dot(theta) + C * (c * (r if loss == "hinge" else r * r)).sum()
+    return theta, float(obj)
+
+
 def _chunks(neg_pool: Tensor | Callable[[], Iterable[Tensor]], chunk_size: int) -> Iterator[Tensor]:
     if callable(neg_pool):
         yield from neg_pool()
@@ -158,7 +213,7 @@ def train_svm(pos: Tensor, neg_pool: Tensor | Callable[[], Iterable[Tensor]], *,
               pos_weight: float = 2.0, loss: str = "hinge", bias_mult: float = 10.0,
               rounds: int = 1, chunk_size: int = 2000, hard_thresh: float = -1.0001,
               evict_thresh: float = -1.2, retrain_limit: int = 2000, cache_limit: int | None = None,
-              tol: float = 1e-6, max_iter: int = 100, seed: int = 0) -> LinearSVM:
+              tol: float = 1e-6, max_iter: int = 100, seed: int = 0, solver: str = "torch") -> LinearSVM:
     """Train one class's linear SVM with R-CNN's hard-negative mining (module docstring).
 
     Args:
@@ -176,6 +231,8 @@ def train_svm(pos: Tensor, neg_pool: Tensor | Callable[[], Iterable[Tensor]], *,
             are kept (a random subset of the first chunk before any model exists).
         tol, max_iter: Newton stopping rule (gradient norm relative to its start) and cap.
         seed: for the random subset above.
+        solver: ``"torch"`` (Newton, on the features' device), ``"liblinear"`` (scikit-learn, CPU)
+            or ``"auto"`` (liblinear for CPU features when scikit-learn is installed, else torch).
 
     Returns:
         ``LinearSVM`` with ``weight (D,)`` and ``bias ()`` on ``pos``'s device.
@@ -187,6 +244,7 @@ def train_svm(pos: Tensor, neg_pool: Tensor | Callable[[], Iterable[Tensor]], *,
     if C <= 0 or pos_weight <= 0 or bias_mult <= 0 or rounds < 1:
         raise ValueError(f"svm.py: C ({C}), pos_weight ({pos_weight}), bias_mult ({bias_mult}) "
                          f"and rounds ({rounds}) must be positive")
+    solver = resolve_solver(solver, pos.device)
     dtype = pos.dtype if pos.dtype == torch.float64 else torch.float32
     pos = pos.to(dtype)
     d = pos.shape[1]
@@ -226,12 +284,16 @@ def train_svm(pos: Tensor, neg_pool: Tensor | Callable[[], Iterable[Tensor]], *,
             last = rnd == rounds - 1 and nxt is None
             if (first or num_added > retrain_limit or last) and len(cache) > 0:
                 start = theta if theta is not None else pos.new_zeros(d + 1)
-                theta, obj = _fit(pos, cache, start, C=C, pos_weight=pos_weight,
-                                  bias_mult=bias_mult, loss=loss, tol=tol, max_iter=max_iter)
+                if solver == "liblinear":
+                    theta, obj = _fit_liblinear(pos, cache, C=C, pos_weight=pos_weight, bias_mult=bias_mult,
+                                                loss=loss)
+                else:
+                    theta, obj = _fit(pos, cache, start, C=C, pos_weight=pos_weight,
+                                      bias_mult=bias_mult, loss=loss, tol=tol, max_iter=max_iter)
                 easy = score(cache) < evict_thresh
                 log.append({"round": rnd, "chunk": j, "num_pos": len(pos), "num_neg": len(cache),
                             "added": torch.cat(added_ids).cpu(), "evicted": cache_ids[easy].cpu(),
-                            "objective": obj})
+                            "objective": obj, "solver": solver})
                 cache, cache_ids = cache[~easy], cache_ids[~easy]
                 added_ids, num_added = [], 0
             chunk, j = nxt, j + 1

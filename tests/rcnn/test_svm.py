@@ -167,3 +167,45 @@ def test_feature_scale_and_bad_input():
         train_svm(torch.ones(2, 2), torch.zeros(3, 3))
     with pytest.raises(ValueError, match="svm.py"):
         train_svm(torch.ones(2, 2), torch.zeros(3, 2), loss="log")
+
+
+@pytest.mark.parametrize("loss", ["hinge", "squared_hinge"])
+def test_liblinear_solver_reaches_the_torch_optimum(loss):
+    """The optional liblinear backend solves the same primal: its exact objective matches the
+    Newton solver's within the hinge smoothing bound (and 1e-4 relative for the squared hinge)."""
+    pytest.importorskip("sklearn", reason="scikit-learn (detkit[liblinear]) is not installed")
+    pos, neg = _overlapping(seed=3, n=60)
+    kw = dict(C=0.05, pos_weight=2.0, bias_mult=10.0, loss=loss)
+    ours = train_svm(pos, neg, chunk_size=len(neg), solver="torch", **kw)
+    lib = train_svm(pos, neg, chunk_size=len(neg), solver="liblinear", **kw)
+    assert lib.log[-1]["solver"] == "liblinear" and ours.log[-1]["solver"] == "torch"
+    obj = {name: _objective(m.weight.numpy(), float(m.bias), pos.numpy(), neg.numpy(), **kw)
+           for name, m in (("torch", ours), ("liblinear", lib))}
+    c_sum = kw["C"] * (kw["pos_weight"] * len(pos) + len(neg))
+    slack = c_sum * HINGE_CONTINUATION[-1] / 2 if loss == "hinge" else 1e-4 * obj["torch"]
+    assert abs(obj["liblinear"] - obj["torch"]) <= slack + 1e-4 * obj["torch"]
+    agree = (torch.sign(lib.scores(torch.cat((pos, neg)))) == torch.sign(ours.scores(torch.cat((pos, neg)))))
+    assert agree.float().mean() >= 0.95
+
+
+def test_liblinear_with_hard_negative_mining():
+    pytest.importorskip("sklearn", reason="scikit-learn (detkit[liblinear]) is not installed")
+    pos, neg = _separable(seed=4)
+    svm = train_svm(pos, neg, C=10.0, pos_weight=1.0, chunk_size=8, retrain_limit=4, solver="liblinear")
+    assert len(svm.log) > 1 and all(e["solver"] == "liblinear" for e in svm.log)
+    assert (svm.scores(pos) > 0).all() and (svm.scores(neg) < 0).all()
+
+
+def test_solver_choice(monkeypatch):
+    import detkit.rcnn.svm as svm_module
+
+    monkeypatch.setattr(svm_module, "liblinear_available", lambda: True)
+    assert svm_module.resolve_solver("auto", torch.device("cpu")) == "liblinear"
+    assert svm_module.resolve_solver("auto", torch.device("cuda")) == "torch"  # features stay on the GPU
+    assert svm_module.resolve_solver("torch", torch.device("cpu")) == "torch"
+    monkeypatch.setattr(svm_module, "liblinear_available", lambda: False)
+    assert svm_module.resolve_solver("auto", torch.device("cpu")) == "torch"
+    with pytest.raises(ImportError, match="scikit-learn"):
+        svm_module.resolve_solver("liblinear", torch.device("cpu"))
+    with pytest.raises(ValueError, match="solver must be one of"):
+        svm_module.resolve_solver("sgd", torch.device("cpu"))
