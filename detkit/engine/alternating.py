@@ -237,8 +237,8 @@ def train_alternating(cfg) -> dict[str, Any]:
     if conf.get("deterministic", False):
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
-    else:
-        torch.backends.cudnn.benchmark = True
+    else:  # autotuning pays for fixed input sizes, costs a search per new shape when sizes vary
+        torch.backends.cudnn.benchmark = bool(conf.get("cudnn_benchmark", True))
     prepare_data(data_cfg)
     train_data = load_split(data_cfg, "train")
     names, cat_ids = list(train_data.class_names), list(train_data.category_ids)

@@ -131,8 +131,8 @@ def train_from_config(cfg) -> dict[str, Any]:
     if conf.get("deterministic", False):
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
-    else:
-        torch.backends.cudnn.benchmark = True
+    else:  # autotuning pays for fixed input sizes, costs a search per new shape when sizes vary
+        torch.backends.cudnn.benchmark = bool(conf.get("cudnn_benchmark", True))
     if conf["method"].get("requires_proposals"):  # a missing/bad data.proposals fails before any work
         from detkit.proposals.source import check_proposals_spec
         try:
