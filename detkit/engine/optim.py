@@ -75,6 +75,10 @@ class WarmupSchedule:
         warmup_iters: linear warm-up length (0: none).
         warmup_factor: multiplier ``w`` at ``t = 0``.
         min_factor: the cosine schedule's final multiplier.
+        clock: ``"iterations"``: the schedule runs on ``t``; ``"time"``: on ``max(t, time_fraction *
+            max_iters)``, where the trainer sets ``time_fraction`` (training seconds / ``max_time_s``)
+            each step — the cosine/steps then finish at whichever limit comes first (a wall-clock
+            budget whose speed is not known beforehand). Warm-up always counts iterations.
     """
 
     def __init__(
@@ -87,7 +91,10 @@ class WarmupSchedule:
         warmup_iters: int = 0,
         warmup_factor: float = 0.001,
         min_factor: float = 0.0,
+        clock: str = "iterations",
     ):
+        if clock not in ("iterations", "time"):
+            raise ValueError(f"unknown schedule clock {clock!r}; choose 'iterations' or 'time'")
         if schedule not in ("step", "cosine", "constant"):
             raise ValueError(f"unknown schedule {schedule!r}; choose one of 'step', 'cosine', 'constant'")
         if max_iters <= 0:
@@ -104,12 +111,15 @@ class WarmupSchedule:
         self.warmup_iters = int(warmup_iters)
         self.warmup_factor = float(warmup_factor)
         self.min_factor = float(min_factor)
+        self.clock = clock
+        self.time_fraction = 0.0  # saved with the scheduler's state (LambdaLR keeps this __dict__)
 
     def __call__(self, t: int) -> float:
+        s = t if self.clock == "iterations" else max(float(t), self.time_fraction * self.max_iters)
         if self.schedule == "step":
-            f = self.gamma ** sum(1 for m in self.milestones if m <= t)
+            f = self.gamma ** sum(1 for m in self.milestones if m <= s)
         elif self.schedule == "cosine":
-            frac = min(t, self.max_iters) / self.max_iters
+            frac = min(s, self.max_iters) / self.max_iters
             f = self.min_factor + (1.0 - self.min_factor) * 0.5 * (1.0 + math.cos(math.pi * frac))
         else:
             f = 1.0

@@ -100,7 +100,7 @@ class Trainer:
         eval_batch_size: int | None = None, log_every: int = 10, skip_nonfinite: bool = False,
         config: dict | None = None, class_names: Sequence[str] | None = None,
         category_ids: Sequence[int] | None = None, progress: bool = True, tensorboard: bool = True,
-        find_unused_parameters: bool = False, max_time_s: float | None = None,
+        find_unused_parameters: bool = False, max_time_s: float | None = None, schedule_clock: str = "iterations",
     ):
         from detkit.data.sampler import build_batch_sampler
 
@@ -108,6 +108,8 @@ class Trainer:
             raise ValueError(f"max_iters must be positive, got {max_iters}")
         if max_time_s is not None and not float(max_time_s) > 0:
             raise ValueError(f"max_time_s must be positive seconds or None, got {max_time_s}")
+        if schedule_clock == "time" and max_time_s is None:
+            raise ValueError("schedule_clock='time' runs the LR schedule on the wall-clock budget: set max_time_s")
         if amp not in ("none", "bf16", "fp16"):
             raise ValueError(f"amp must be one of 'none', 'bf16', 'fp16', got {amp!r}")
         if len(train_dataset) == 0:
@@ -136,7 +138,8 @@ class Trainer:
                                          no_decay_norm_bias=no_decay_norm_bias)
         self.scheduler = build_scheduler(self.optimizer, max_iters=max_iters, schedule=schedule, milestones=milestones,
                                          gamma=gamma, warmup_iters=warmup_iters, warmup_factor=warmup_factor,
-                                         min_factor=min_lr_factor)
+                                         min_factor=min_lr_factor, clock=schedule_clock)
+        self.schedule_clock = schedule_clock
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=amp == "fp16")
         self.model = ddp.wrap_ddp(model, self.device, find_unused_parameters=find_unused_parameters)
         self.ckpt = CheckpointManager(self.run_dir, keep_every=keep_every)
@@ -173,14 +176,19 @@ class Trainer:
         self._mark = now
         return self.train_seconds
 
-    def _out_of_time(self) -> bool:
-        """The budget is spent (all ranks agree, so none waits alone in a collective)."""
+    def _time_fraction(self) -> float:
+        """Training seconds / ``max_time_s``, the largest over ranks (so all agree on the LR and
+        on when to stop, and none waits alone in a collective); 0 without a budget."""
         if self.max_time_s is None:
-            return False
-        out = self.train_seconds >= self.max_time_s
+            return 0.0
+        frac = self.train_seconds / self.max_time_s
         if ddp.get_world_size() > 1:
-            out = ddp.all_reduce_max(1.0 if out else 0.0, self.device) > 0
-        return out
+            frac = ddp.all_reduce_max(frac, self.device)
+        return frac
+
+    def _out_of_time(self) -> bool:
+        """The budget is spent."""
+        return self.max_time_s is not None and self._time_fraction() >= 1.0
 
     def save(self) -> Path | None:
         """Write ``last.pt`` on the main process (weights checked finite first)."""
@@ -306,10 +314,13 @@ class Trainer:
             loader = self._loader(self.epoch, self.position) if not done else ()
             for (batch, targets), (epoch, pos, _, _) in zip(loader, where):
                 values = self._step(batch, targets)
+                self._tick()
+                if self.schedule_clock == "time":  # the next LR follows the spent budget too
+                    for schedule in self.scheduler.lr_lambdas:
+                        schedule.time_fraction = self._time_fraction()
                 self.scheduler.step()
                 self.iteration += 1
                 self.epoch, self.position = epoch, pos + 1
-                self._tick()
                 now = time.perf_counter()
                 inst = imgs_per_step / max(now - t_last, 1e-9)
                 rate, t_last = inst if rate is None else 0.9 * rate + 0.1 * inst, now

@@ -264,3 +264,33 @@ def test_timed_predict_counts_images_and_model_time(voc):
     assert len(dets) == len(ds) == timing["images"]
     assert 0 < timing["model_seconds"] <= timing["seconds"]
     assert timing["seconds_per_image"] == pytest.approx(timing["seconds"] / len(ds))
+
+
+@pytest.mark.parametrize("clock_kind", ["iterations", "time"])
+def test_schedule_clock_time_finishes_the_cosine_within_the_budget(voc, tmp_path, monkeypatch, clock_kind):
+    """schedule_clock='time': 1 s per step, a 5 s budget, max_iters 100 -> the cosine runs on
+    max(iteration, seconds / 5 s * 100), so each step's LR is the cosine at 20 % more of it and
+    the last is 0; on the iteration clock the LR after 5 of 100 steps has barely moved."""
+    import math
+
+    clock = FakeClock()
+    t = _timed_trainer(voc, tmp_path / clock_kind, clock, monkeypatch, max_iters=100, max_time_s=5.0,
+                       schedule="cosine", warmup_iters=0, lr=0.05, schedule_clock=clock_kind)
+    lrs = []  # the LR each step's forward pass runs with
+    t.net.register_forward_pre_hook(lambda *_: lrs.append(t.optimizer.param_groups[0]["lr"]))
+    out = t.fit()
+    assert out["iteration"] == 5 and out["stopped_by"] == "max_time_s"
+
+    def cosine(frac):
+        return 0.05 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
+
+    fracs = [k / 5 for k in range(6)] if clock_kind == "time" else [k / 100 for k in range(6)]
+    assert [*lrs, t.optimizer.param_groups[0]["lr"]] == pytest.approx([cosine(f) for f in fracs], abs=1e-9)
+    state = load_checkpoint(tmp_path / clock_kind / "last.pt")["scheduler"]["lr_lambdas"][0]
+    assert state["clock"] == clock_kind
+    assert state["time_fraction"] == (pytest.approx(1.0) if clock_kind == "time" else 0.0)
+
+
+def test_schedule_clock_time_needs_a_budget(voc, tmp_path):
+    with pytest.raises(ValueError, match="set max_time_s"):
+        _trainer(voc, tmp_path, max_iters=10, schedule_clock="time")
