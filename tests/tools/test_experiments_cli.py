@@ -27,7 +27,8 @@ def ran(tmp_path_factory):
             "g": [
                 # 1000 steps cannot finish in 2 s of training on any CPU: the time limit ends it
                 {"name": "timed", "budget_s": 120, "overrides": ["${vars.tiny}", "solver.max_iters=1000",
-                                                                 "solver.max_time_s=2", "checkpoint_every=0"]},
+                                                                 "solver.max_time_s=2", "solver.schedule_clock=time",
+                                                                 "checkpoint_every=0"]},
                 {"name": "broken", "budget_s": 60, "overrides": ["${vars.tiny}", "solver.max_itres=3"],
                  "notes": "a typo: must fail and not stop the suite"},
                 {"name": "huge", "budget_s": 1.0e6, "overrides": ["${vars.tiny}"]},
