@@ -72,11 +72,12 @@ class SeededSamples(Dataset):
 
 
 class KeyedBatches:
-    """A batch sampler over a generator of keyed batches (``DataLoader`` iterates it once)."""
+    """A batch sampler over a schedule of ``(epoch, position, indices)`` batches (``DataLoader``
+    iterates it once): each index is keyed with its sample seed ``sample_seed(seed, epoch, index)``."""
 
-    def __init__(self, schedule):
-        self.schedule = schedule
+    def __init__(self, schedule, seed: int):
+        self.schedule, self.seed = schedule, int(seed)
 
     def __iter__(self):
-        for *_, keys in self.schedule:
-            yield keys
+        for epoch, _, indices in self.schedule:
+            yield [(i, sample_seed(self.seed, epoch, i)) for i in indices]

@@ -45,7 +45,7 @@ from detkit.engine import distributed as ddp
 from detkit.engine.checkpoint import CheckpointManager, load_checkpoint, load_model_weights, make_state, restore_rng_state
 from detkit.engine.evaluator import autocast_context, predict, proposal_kwargs, score_detections
 from detkit.engine.optim import build_optimizer, build_scheduler
-from detkit.engine.train_data import KeyedBatches, SeededSamples, sample_seed
+from detkit.engine.train_data import KeyedBatches, SeededSamples
 
 log = logging.getLogger("detkit.train")
 
@@ -223,14 +223,14 @@ class Trainer:
         return self._batches_of[1]
 
     def _schedule(self, epoch: int, position: int):
-        """Every batch from ``(epoch, position)`` on, across epochs: ``(epoch, position, batches in
-        the epoch, [(index, sample seed), ...])``. Skipped batches load no image."""
+        """Every batch from ``(epoch, position)`` on, across epochs: ``(epoch, position, indices)``.
+        Skipped batches load no image."""
         while True:
             batches = self._epoch_batches(epoch)
             if not batches:
                 raise ValueError("the batch sampler gave no batch for an epoch (is the training set empty?)")
             for pos in range(position, len(batches)):
-                yield epoch, pos, len(batches), [(i, sample_seed(self.seed, epoch, i)) for i in batches[pos]]
+                yield epoch, pos, batches[pos]
             epoch, position = epoch + 1, 0
 
     def _loader(self, epoch: int, position: int) -> DataLoader:
@@ -239,7 +239,7 @@ class Trainer:
         from detkit.data.dataset import collate_detections
 
         return DataLoader(
-            SeededSamples(self.train_dataset), batch_sampler=KeyedBatches(self._schedule(epoch, position)),
+            SeededSamples(self.train_dataset), batch_sampler=KeyedBatches(self._schedule(epoch, position), self.seed),
             num_workers=self.num_workers,
             collate_fn=functools.partial(collate_detections, size_divisible=self.size_divisible),
             pin_memory=self.device.type == "cuda",
@@ -312,12 +312,13 @@ class Trainer:
             where = self._schedule(self.epoch, self.position)
             done = self.iteration >= self.max_iters or self._out_of_time()
             loader = self._loader(self.epoch, self.position) if not done else ()
-            for (batch, targets), (epoch, pos, _, _) in zip(loader, where):
+            for (batch, targets), (epoch, pos, _) in zip(loader, where):
                 values = self._step(batch, targets)
                 self._tick()
+                spent = self._time_fraction()  # one collective per step under DDP, used twice
                 if self.schedule_clock == "time":  # the next LR follows the spent budget too
                     for schedule in self.scheduler.lr_lambdas:
-                        schedule.time_fraction = self._time_fraction()
+                        schedule.time_fraction = spent
                 self.scheduler.step()
                 self.iteration += 1
                 self.epoch, self.position = epoch, pos + 1
@@ -343,7 +344,7 @@ class Trainer:
                 if self.checkpoint_every and self.iteration % self.checkpoint_every == 0:
                     self.save()
                     self._mark = time.perf_counter()  # nor is writing the checkpoint
-                if self.iteration >= self.max_iters or self._out_of_time():
+                if self.iteration >= self.max_iters or (self.max_time_s is not None and spent >= 1.0):
                     break
             self._tick()
             self._mark = None
