@@ -143,19 +143,29 @@ def _newton(x: Tensor, y: Tensor, c: Tensor, theta: Tensor, *, C: float, bias_mu
     return theta
 
 
-def _fit(pos: Tensor, neg: Tensor, theta: Tensor, *, C: float, pos_weight: float,
-         bias_mult: float, loss: str, tol: float, max_iter: int) -> tuple[Tensor, float]:
+def _problem(pos: Tensor, neg: Tensor, pos_weight: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Rows ``x (P+Q, D)``, labels ``y`` (+1 / -1) and loss weights ``c`` (``pos_weight`` / 1)."""
     x = torch.cat((pos, neg))
     y = torch.cat((torch.ones(len(pos)), -torch.ones(len(neg)))).to(x)
     c = torch.cat((torch.full((len(pos),), float(pos_weight)), torch.ones(len(neg)))).to(x)
+    return x, y, c
+
+
+def _objective(x: Tensor, y: Tensor, c: Tensor, theta: Tensor, *, C: float, bias_mult: float,
+               loss: str) -> float:
+    """The exact primal objective of the module docstring at ``theta = (w, w_b)``."""
+    r = (1 - y * (x @ theta[:-1] + bias_mult * theta[-1])).clamp(min=0)
+    return float(0.5 * theta.dot(theta) + C * (c * (r if loss == "hinge" else r * r)).sum())
+
+
+def _fit(pos: Tensor, neg: Tensor, theta: Tensor, *, C: float, pos_weight: float,
+         bias_mult: float, loss: str, tol: float, max_iter: int) -> tuple[Tensor, float]:
+    x, y, c = _problem(pos, neg, pos_weight)
     deltas = HINGE_CONTINUATION if loss == "hinge" else (0.0,)
     for delta in deltas:
         theta = _newton(x, y, c, theta, C=C, bias_mult=bias_mult, loss=loss, delta=delta,
                         tol=tol, max_iter=max_iter)
-    z = x @ theta[:-1] + bias_mult * theta[-1]
-    r = (1 - y * z).clamp(min=0)
-    obj = 0.5 * theta.dot(theta) + C * (c * (r if loss == "hinge" else r * r)).sum()
-    return theta, float(obj)
+    return theta, _objective(x, y, c, theta, C=C, bias_mult=bias_mult, loss=loss)
 
 
 def liblinear_available() -> bool:
@@ -187,19 +197,13 @@ def _fit_liblinear(pos: Tensor, neg: Tensor, *, C: float, pos_weight: float, bia
     import numpy as np
     from sklearn.svm import LinearSVC
 
-    x = torch.cat((pos, neg)).detach().to("cpu", torch.float64).numpy()
-    y = np.r_[np.ones(len(pos)), -np.ones(len(neg))]
+    x, y, c = _problem(pos, neg, pos_weight)
     clf = LinearSVC(C=C, class_weight={1: float(pos_weight), -1: 1.0}, loss=loss, dual=loss == "hinge",
                     fit_intercept=True, intercept_scaling=bias_mult, tol=LIBLINEAR_TOL,
                     max_iter=LIBLINEAR_MAX_ITER)
-    clf.fit(x, y)
+    clf.fit(x.detach().to("cpu", torch.float64).numpy(), y.cpu().numpy())
     theta = torch.from_numpy(np.r_[clf.coef_[0], clf.intercept_[0] / bias_mult]).to(pos)
-    z = torch.cat((pos, neg)) @ theta[:-1] + bias_mult * theta[-1]
-    yt = torch.from_numpy(y).to(pos)
-    c = torch.cat((torch.full((len(pos),), float(pos_weight)), torch.ones(len(neg)))).to(pos)
-    r = (1 - yt * z).clamp(min=0)
-    obj = 0.5 * theta.dot(theta) + C * (c * (r if loss == "hinge" else r * r)).sum()
-    return theta, float(obj)
+    return theta, _objective(x, y, c, theta, C=C, bias_mult=bias_mult, loss=loss)
 
 
 def _chunks(neg_pool: Tensor | Callable[[], Iterable[Tensor]], chunk_size: int) -> Iterator[Tensor]:

@@ -40,15 +40,22 @@ def _overlapping(seed=1, n=40, d=3):
     return pos, neg
 
 
+def _augmented(pos, neg, *, bias_mult, pos_weight, **_):
+    """The primal as plain arrays for an independent solver: rows with the bias feature
+    ``bias_mult`` appended, labels +-1, per-row loss weights."""
+    x = torch.cat((pos, neg)).numpy()
+    x = np.hstack([x, np.full((len(x), 1), bias_mult)])
+    y = np.r_[np.ones(len(pos)), -np.ones(len(neg))]
+    c = np.r_[np.full(len(pos), pos_weight), np.ones(len(neg))]
+    return x, y, c
+
+
 def test_squared_hinge_is_the_optimum():
     # Independent solver: scipy's L-BFGS on the same primal (bias as a feature of value bias_mult).
     pos, neg = _overlapping()
     kw = dict(C=0.5, pos_weight=2.0, bias_mult=10.0)
     svm = train_svm(pos, neg, loss="squared_hinge", chunk_size=len(neg), **kw)
-    x = torch.cat((pos, neg)).numpy()
-    x = np.hstack([x, np.full((len(x), 1), kw["bias_mult"])])
-    y = np.r_[np.ones(len(pos)), -np.ones(len(neg))]
-    c = np.r_[np.full(len(pos), kw["pos_weight"]), np.ones(len(neg))]
+    x, y, c = _augmented(pos, neg, **kw)
 
     def f(t):
         r = np.maximum(0, 1 - y * (x @ t))
@@ -64,10 +71,7 @@ def test_hinge_within_smoothing_bound_of_the_dual_optimum():
     pos, neg = _overlapping(seed=2)
     kw = dict(C=0.5, pos_weight=2.0, bias_mult=10.0)
     svm = train_svm(pos, neg, loss="hinge", chunk_size=len(neg), **kw)
-    x = torch.cat((pos, neg)).numpy()
-    x = np.hstack([x, np.full((len(x), 1), kw["bias_mult"])])
-    y = np.r_[np.ones(len(pos)), -np.ones(len(neg))]
-    c = np.r_[np.full(len(pos), kw["pos_weight"]), np.ones(len(neg))]
+    x, y, c = _augmented(pos, neg, **kw)
     q = (x * y[:, None])
 
     def neg_dual(a):
