@@ -212,7 +212,7 @@ def train_alternating(cfg) -> dict[str, Any]:
     from detkit.engine import distributed as ddp
     from detkit.engine.checkpoint import build_model
     from detkit.engine.evaluator import score_detections, timed_predict, write_json
-    from detkit.engine.run import load_split, prepare_data, run_facts
+    from detkit.engine.run import load_split, prepare_data, run_facts, set_algorithms
     from detkit.evaluation.detections import save_detections
     from detkit.methods.faster_rcnn import FasterRCNN
     from detkit.proposals.cache import read_proposals_file, write_proposals_file
@@ -223,8 +223,7 @@ def train_alternating(cfg) -> dict[str, Any]:
     if training != "alternating":
         raise ValueError(f"method.training must be 'joint' or 'alternating', got {training!r} "
                          "(configs/method/faster_rcnn.yaml)")
-    if ddp.env_world()[2] > 1:  # torchrun's WORLD_SIZE (the process group is not joined yet)
-        raise ValueError("method.training=alternating runs in one process; start it without torchrun")
+    ddp.require_one_process("method.training=alternating")
     if (conf.get("compile") or {}).get("enabled", False):
         log.warning("compile.enabled is ignored by the 4-step alternating training")
     if conf.get("eval_every"):
@@ -234,11 +233,7 @@ def train_alternating(cfg) -> dict[str, Any]:
     device, progress = ddp.resolve_device(conf.get("device", "auto")), bool(conf.get("progress", True))
     seed, data_cfg, run_dir = int(conf.get("seed", 0)), conf["data"], Path(conf["run_dir"])
     amp = conf.get("amp", "none")
-    if conf.get("deterministic", False):
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-    else:  # autotuning pays for fixed input sizes, costs a search per new shape when sizes vary
-        torch.backends.cudnn.benchmark = bool(conf.get("cudnn_benchmark", True))
+    set_algorithms(conf)
     prepare_data(data_cfg)
     train_data = load_split(data_cfg, "train")
     names, cat_ids = list(train_data.class_names), list(train_data.category_ids)

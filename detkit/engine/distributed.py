@@ -25,6 +25,13 @@ def env_world() -> tuple[int, int, int]:
     return rank, local, world
 
 
+def require_one_process(what: str) -> None:
+    """Refuse to run ``what`` under torchrun (checked from ``WORLD_SIZE``: it may be called before
+    the process group is joined), where every rank would redo it and write the same files."""
+    if env_world()[2] > 1:
+        raise ValueError(f"{what} runs in one process; start it without torchrun")
+
+
 def resolve_device(device: str = "auto") -> torch.device:
     """``"auto"`` -> this process's GPU when CUDA is available (``LOCAL_RANK`` picks it), else CPU."""
     _, local, _ = env_world()

@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from detkit.engine import distributed as ddp
-from detkit.engine.evaluator import predict, score_detections, timed_predict
+from detkit.engine.evaluator import score_detections, timed_predict
 from detkit.engine.trainer import Trainer, log
 
 def resolve_root(root: str | Path) -> Path:
@@ -98,6 +98,15 @@ def run_facts(device: torch.device) -> dict[str, Any]:
     return {"machine": machine_info(device), "git": git}
 
 
+def set_algorithms(conf: dict) -> None:
+    """``deterministic`` (deterministic kernels, no autotuning) or ``cudnn_benchmark``."""
+    if conf.get("deterministic", False):
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    else:  # autotuning pays for fixed input sizes, costs a search per new shape when sizes vary
+        torch.backends.cudnn.benchmark = bool(conf.get("cudnn_benchmark", True))
+
+
 def train_from_config(cfg) -> dict[str, Any]:
     """Everything ``tools/train.py`` does: data, model, ``Trainer.fit``, final test evaluation.
 
@@ -128,11 +137,7 @@ def train_from_config(cfg) -> dict[str, Any]:
     device = ddp.resolve_device(conf.get("device", "auto"))
     ddp.init_distributed(device)
     seed, data_cfg, solver = int(conf.get("seed", 0)), conf["data"], dict(conf["solver"])
-    if conf.get("deterministic", False):
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-    else:  # autotuning pays for fixed input sizes, costs a search per new shape when sizes vary
-        torch.backends.cudnn.benchmark = bool(conf.get("cudnn_benchmark", True))
+    set_algorithms(conf)
     if conf["method"].get("requires_proposals"):  # a missing/bad data.proposals fails before any work
         from detkit.proposals.source import check_proposals_spec
         try:
@@ -151,10 +156,9 @@ def train_from_config(cfg) -> dict[str, Any]:
     torch.manual_seed(seed)
     model = build_model(conf, len(names))
     comp = dict(conf.get("compile") or {})
-    if comp.get("enabled", False):  # in place (nn.Module.compile): checkpoints keep their keys
+    if comp.pop("enabled", False):  # in place (nn.Module.compile): checkpoints keep their keys
         from detkit.engine.compile import compile_model
-        compile_model(model, mode=comp.get("mode"), backend=comp.get("backend", "inductor"),
-                      dynamic=comp.get("dynamic"), parts=tuple(comp.get("parts") or ("trunk", "rpn", "region_head")))
+        compile_model(model, **{k: tuple(v) if k == "parts" else v for k, v in comp.items() if v is not None})
     run_dir = Path(conf["run_dir"])
     trainer = Trainer(
         model=model, train_dataset=DetectionDataset(train_data, build_transforms(train=True, **tf),

@@ -288,9 +288,7 @@ def train_stages(cfg) -> dict[str, Any]:
     conf = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     if "stages" not in conf["method"]:
         raise ValueError(f"method {conf['method'].get('name')!r} has no 'stages' node (configs/method/rcnn.yaml)")
-    if ddp.env_world()[2] > 1:  # every rank would run every stage and write the same files
-        raise ValueError(f"{conf['method'].get('name')}'s stage-wise training runs in one process; "
-                         "start it without torchrun")
+    ddp.require_one_process(f"{conf['method'].get('name')}'s stage-wise training")
     device, progress = ddp.resolve_device(conf.get("device", "auto")), bool(conf.get("progress", True))
     seed, data_cfg, run_dir = int(conf.get("seed", 0)), conf["data"], Path(conf["run_dir"])
     random.seed(seed)
