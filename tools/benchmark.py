@@ -291,16 +291,20 @@ def _fmt(stats: dict) -> str:
     return f"{stats['median']:9.1f} [{stats['q1']:.1f}-{stats['q3']:.1f}]"
 
 
+def _machine_line(result: dict) -> str:
+    s, m, git = result["settings"], result["machine"], result["git"]
+    return (f"device {s['device']} ({m['gpu'] or m['cpu']}, {m['cpu_cores']} cores, "
+            f"{m['torch_threads']} threads); torch {m['torch']}, torchvision {m['torchvision']}; "
+            f"commit {(git['commit'] or 'unknown')[:12]}{' (dirty)' if git['dirty'] else ''}")
+
+
 def format_methods_table(result: dict) -> str:
     """``--methods``: one row per method (test time per image), phases as median ms, footnotes."""
-    s, m = result["settings"], result["machine"]
+    s = result["settings"]
     lines = [f"test time per image: {', '.join(s['methods'])} / {s['backbone']} (width {s['width'] or 1.0}), "
              f"input {s['input']}, batch 1, {s['precision']}{', channels_last' if s['channels_last'] else ''}; "
              f"warmup {s['warmup']}, repeats {s['repeats']}",
-             f"device {s['device']} ({m['gpu'] or m['cpu']}, {m['cpu_cores']} cores, "
-             f"{m['torch_threads']} threads); torch {m['torch']}, torchvision {m['torchvision']}; "
-             f"commit {(result['git']['commit'] or 'unknown')[:12]}"
-             f"{' (dirty)' if result['git']['dirty'] else ''}", ""]
+             _machine_line(result), ""]
     header = (f"{'method':<12} {'proposals':<18} {'ms/img median [IQR]':>28} {'x fastest':>9} {'RoIs/img':>9} "
               f"{'dets/img':>8} {'peak MB':>8}  phases (median ms)")
     lines += [header, "-" * len(header)]
@@ -323,15 +327,12 @@ def format_table(result: dict) -> str:
     """The on-screen table: one block per model and measurement, phases as median ms."""
     if result["settings"].get("methods"):
         return format_methods_table(result)
-    s, m = result["settings"], result["machine"]
+    s = result["settings"]
     lines = [f"{s['method']} / {s['backbone']} (width {s['width'] or 1.0}), input {s['input']}, "
              f"batch {s['batch']}, {s['precision']}{', channels_last' if s['channels_last'] else ''}, "
              f"RoI {s['roi_pool_mode']}{', compiled (' + s['compile'] + ')' if s.get('compile') else ''}; "
              f"warmup {s['warmup']}, repeats {s['repeats']}",
-             f"device {s['device']} ({m['gpu'] or m['cpu']}, {m['cpu_cores']} cores, "
-             f"{m['torch_threads']} threads); torch {m['torch']}, torchvision {m['torchvision']}; "
-             f"commit {(result['git']['commit'] or 'unknown')[:12]}"
-             f"{' (dirty)' if result['git']['dirty'] else ''}", ""]
+             _machine_line(result), ""]
     header = (f"{'model':<12} {'measurement':<21} {'total ms [IQR]':>24} {'img/s':>8} {'peak MB':>8} "
               f"{'RoIs/img':>8} {'dets/img':>8}  phases (median ms)")
     lines += [header, "-" * len(header)]

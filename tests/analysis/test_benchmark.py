@@ -20,6 +20,7 @@ from detkit.analysis.torchvision_compare import (
 from detkit.backbones.alexnet import alexnet_backbone
 from detkit.methods.fast_rcnn import fast_rcnn
 from detkit.methods.faster_rcnn import faster_rcnn
+from tests.analysis._fake_clock import FakeClock
 
 HW = (64, 96)
 TINY = dict(input_hw=HW, batch_size=2, warmup=1, repeats=2, num_classes=3)
@@ -38,22 +39,6 @@ def test_summarize_matches_hand_computation():
     assert one["median"] == one["q1"] == one["q3"] == 7.0
     with pytest.raises(BenchmarkError):
         summarize([])
-
-
-class FakeClock:
-    """Time moves only when a toy module says so: exact, machine-independent phase times."""
-
-    def __init__(self):
-        self.now = 0.0
-
-    def mark(self):
-        return self.now
-
-    def ms(self, a, b):
-        return b - a
-
-    def sync(self):
-        pass
 
 
 class Toy(nn.Module):

@@ -19,22 +19,9 @@ from detkit.methods.fast_rcnn import fast_rcnn
 from detkit.methods.overfeat import overfeat
 from detkit.methods.rcnn import RCNN
 from detkit.methods.sppnet import SPPNet
+from tests.analysis._fake_clock import FakeClock
 
 HW = (64, 96)
-
-
-class FakeClock:
-    def __init__(self):
-        self.now = 0.0
-
-    def mark(self):
-        return self.now
-
-    def ms(self, a, b):
-        return b - a
-
-    def sync(self):
-        pass
 
 
 class Nested(nn.Module):
