@@ -29,8 +29,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from detkit.analysis.timing import BenchmarkError
-
 # Paths on a detkit detector (a module path is hooked, a method path is wrapped); "rois" counts
 # the regions (or dense windows) the region head ran on, from the hooked module's output.
 DETKIT_PHASES: dict[str, list[str]] = {

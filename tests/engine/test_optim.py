@@ -2,7 +2,6 @@
 import math
 
 import pytest
-import torch
 from torch import nn
 
 from detkit.engine.optim import WarmupSchedule, build_optimizer, build_scheduler, param_groups

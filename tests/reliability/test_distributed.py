@@ -13,7 +13,7 @@ import sys
 import pytest
 import torch
 
-from ._cli import ENV, PY, REPO, TINY, TORCHRUN, make_data, run, weights
+from ._cli import PY, REPO, TINY, TORCHRUN, make_data, run, weights
 from tests._tools import load_tool
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not os.path.exists(TORCHRUN),
