@@ -28,6 +28,7 @@ skips that step. Weights are checked finite before every checkpoint write.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
@@ -40,6 +41,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from detkit.engine import distributed as ddp
 from detkit.engine.checkpoint import CheckpointManager, load_checkpoint, load_model_weights, make_state, restore_rng_state
@@ -186,6 +188,14 @@ class Trainer:
             frac = ddp.all_reduce_max(frac, self.device)
         return frac
 
+    def _eta(self, steps_per_s: float, spent: float) -> float | None:
+        """Seconds of training left: the sooner of ``max_iters`` at the current speed and the budget."""
+        left = (self.max_iters - self.iteration) / steps_per_s if steps_per_s > 0 else None
+        if self.max_time_s is not None:
+            budget_left = max(0.0, (1.0 - spent) * self.max_time_s)
+            left = budget_left if left is None else min(left, budget_left)
+        return left
+
     def _out_of_time(self) -> bool:
         """The budget is spent."""
         return self.max_time_s is not None and self._time_fraction() >= 1.0
@@ -257,8 +267,9 @@ class Trainer:
         if not isinstance(losses, dict) or not losses:
             raise TypeError(f"in train mode the model must return a dict of losses, got {type(losses).__name__}")
         total = sum(v.float() for v in losses.values())
-        values = {k: float(v.detach().float()) for k, v in losses.items()}
-        values["loss"] = float(total.detach())
+        # One device-to-host copy for all terms (a single sync per step, needed by the finite check).
+        read = torch.stack([*(v.detach().float().reshape(()) for v in losses.values()), total.detach()]).tolist()
+        values = dict(zip([*losses, "loss"], read))
         if ddp.all_reduce_max(0.0 if math.isfinite(values["loss"]) else 1.0, self.device) > 0:
             self.optimizer.zero_grad(set_to_none=True)
             terms = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
@@ -306,6 +317,8 @@ class Trainer:
         start_iter, t_last, rate = self.iteration, time.perf_counter(), None
         self.net.train()
         self._mark = time.perf_counter()
+        redirect = logging_redirect_tqdm() if not bar.disable else contextlib.nullcontext()
+        redirect.__enter__()  # console log lines go above the bar, not through it
         try:
             # Two walks of the same schedule: the loader's (which runs ahead by its prefetch) and the
             # loop's, which says where each consumed batch sits for the checkpoint.
@@ -332,6 +345,9 @@ class Trainer:
                         shown = ddp.all_reduce_mean(values, self.device)
                         bar.set_postfix({**{k: f"{v:.3f}" for k, v in shown.items()}, "lr": f"{lr:.2e}",
                                          "img/s": f"{rate:.1f}"}, refresh=False)
+                        if main:  # the same as a line: train.log, and the console without a bar
+                            log.info("%s", _progress_line(self.iteration, self.max_iters, shown, lr, rate,
+                                                          self._eta(rate / imgs_per_step, spent)))
                         if writer is not None:
                             for k, v in shown.items():
                                 writer.add_scalar(f"train/{k}", v, self.iteration)
@@ -355,6 +371,7 @@ class Trainer:
                 self.save()
         finally:
             self._mark = None
+            redirect.__exit__(None, None, None)
             bar.close()
             if writer is not None:
                 writer.close()
@@ -369,7 +386,17 @@ class Trainer:
         self.metrics = {"iteration": self.iteration, "val": scores}
         m07, m12 = scores["voc07"]["mAP"], scores["voc12"]["mAP"]
         if ddp.is_main():
-            tqdm.write(f"[iter {self.iteration}] val mAP VOC07 {m07} / VOC12 {m12}")
+            log.info("iter %d: val mAP VOC07 %s / VOC12 %s", self.iteration, m07, m12)
             if writer is not None:
                 writer.add_scalar("val/mAP_voc07", m07 if m07 is not None else float("nan"), self.iteration)
                 writer.add_scalar("val/mAP_voc12", m12 if m12 is not None else float("nan"), self.iteration)
+
+
+def _progress_line(iteration: int, max_iters: int, losses: dict[str, float], lr: float, img_per_s: float,
+                   eta_s: float | None) -> str:
+    """One log line of training progress, e.g. ``iter 40/300  loss 1.234 (rpn_cls 0.2 ...)  lr ...``."""
+    terms = " ".join(f"{k} {v:.3f}" for k, v in losses.items() if k != "loss")
+    total = losses.get("loss", sum(losses.values()))
+    eta = "?" if eta_s is None else time.strftime("%H:%M:%S", time.gmtime(eta_s))
+    return (f"iter {iteration}/{max_iters}  loss {total:.3f} ({terms})  lr {lr:.2e}  "
+            f"{img_per_s:.1f} img/s  eta {eta}")

@@ -62,6 +62,29 @@ def test_gpu_suite_is_valid():
     assert {r.name.split("-")[1] for r in proposal_runs(suite)} == {"fast", "rcnn", "sppnet"}
 
 
+
+def test_cpu_suite_is_valid():
+    """The CPU suite: every run composes, runs on the CPU without mixed precision, reads .data/,
+    and covers all five methods; stage-1 budgets of R-CNN/SPPNet are set."""
+    from hydra import compose, initialize_config_dir
+
+    suite = load_suite(REPO / "configs/experiments/cpu.yaml")
+    train = load_tool("train")
+    methods = set()
+    for runs in suite["groups"].values():
+        for r in runs:
+            args = [*suite["common"]["train"], *r.args]
+            assert train.unknown_key_message(args) is None, r.name
+            with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
+                cfg = compose("train", overrides=args)
+            assert cfg.device == "cpu" and cfg.amp == "none" and cfg.data.root.startswith(".data/")
+            if "stages" in cfg.method:
+                assert cfg.method.stages.finetune.max_time_s > 0, r.name
+            else:
+                assert cfg.solver.max_time_s > 0, r.name
+            methods.add(cfg.method.name)
+    assert methods == {"faster_rcnn", "fast_rcnn", "sppnet", "rcnn", "overfeat"}
+
 def _group(name, runs):
     return {"schema": "detkit-experiments/1", "suite": "s.yaml", "group": name, "runs": runs}
 

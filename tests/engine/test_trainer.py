@@ -294,3 +294,22 @@ def test_schedule_clock_time_finishes_the_cosine_within_the_budget(voc, tmp_path
 def test_schedule_clock_time_needs_a_budget(voc, tmp_path):
     with pytest.raises(ValueError, match="set max_time_s"):
         _trainer(voc, tmp_path, max_iters=10, schedule_clock="time")
+
+
+def test_progress_is_logged_as_lines_with_losses_and_eta(voc, tmp_path, monkeypatch, caplog):
+    """Every log_every steps one line goes to the ``detkit.train`` logger (train.log, and the console
+    when the bar is off): the iteration, the loss and its terms, the LR and the ETA. 1 fake second
+    per step and a 10 s budget: after step 2 the ETA is the budget's 8 s, before max_iters' 48 s."""
+    import logging
+
+    clock = FakeClock()
+    t = _timed_trainer(voc, tmp_path, clock, monkeypatch, max_iters=50, max_time_s=10.0, log_every=2)
+    with caplog.at_level(logging.INFO, logger="detkit.train"):
+        out = t.fit()
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("iter ")]
+    assert out["iteration"] == 10
+    assert [line.split()[1] for line in lines] == ["1/50", "2/50", "4/50", "6/50", "8/50", "10/50"]
+    terms = [k for k in t.history[1] if k != "loss"]
+    assert terms and all(f"{k} " in lines[1] for k in terms)
+    assert f"loss {t.history[1]['loss']:.3f}" in lines[1]
+    assert lines[1].endswith("eta 00:00:08") and lines[-1].endswith("eta 00:00:00")
