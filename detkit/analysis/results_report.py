@@ -63,7 +63,7 @@ def run_numbers(entry: dict[str, Any]) -> dict[str, Any]:
     tm = r.get("test_model_seconds_per_image", r.get("seconds_per_image"))
     return {"data": r.get("data"), "iteration": r.get("iteration"), "train_seconds": r.get("train_seconds"),
             "img_s": r.get("train_images_per_second"), "stopped_by": r.get("stopped_by"),
-            "map07": _get(r, "voc07", "mAP"), "ap50": _get(r, "coco", "AP50"),
+            "map07": _get(r, "voc07", "mAP"), "ap07": _get(r, "voc07", "ap") or {}, "ap50": _get(r, "coco", "AP50"),
             "test_ms": None if t is None else 1000.0 * t, "model_ms": None if tm is None else 1000.0 * tm}
 
 
@@ -94,12 +94,13 @@ def _esc(text: str) -> str:
 
 
 def train_table(runs: Sequence[dict[str, Any]]) -> list[str]:
-    lines = ["| run | status | iterations | train s | img/s | stopped by | VOC07 mAP | COCO AP50 | "
-             "test ms/img | model ms/img |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| run | status | iterations | train s | img/s | stopped by | VOC07 mAP | VOC07 AP per class | "
+             "COCO AP50 | test ms/img | model ms/img |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for e in runs:
         n = run_numbers(e)
+        per_class = ", ".join(f"{c} {_fmt(a, 3)}" for c, a in n["ap07"].items()) if len(n["ap07"]) > 1 else "–"
         lines.append(f"| {e['name']} | {e['status']} | {_fmt(n['iteration'])} | {_fmt(n['train_seconds'])} | "
-                     f"{_fmt(n['img_s'])} | {_fmt(n['stopped_by'])} | {_fmt(n['map07'], 3)} | "
+                     f"{_fmt(n['img_s'])} | {_fmt(n['stopped_by'])} | {_fmt(n['map07'], 3)} | {_esc(per_class)} | "
                      f"{_fmt(n['ap50'], 3)} | {_fmt(n['test_ms'])} | {_fmt(n['model_ms'])} |")
     return lines
 

@@ -317,6 +317,7 @@ def train_stages(cfg) -> dict[str, Any]:
         log.info("stages up to %s already done (%s)", STAGES[done], _stage_path(run_dir, done))
     for i in range(done + 1, len(STAGES)):
         t0 = time.perf_counter()
+        log.info("stage %d (%s): %d training images", i + 1, STAGES[i], len(train_set))
         if i == 0:
             result = finetune(model, train_set, conf, run_dir, device, names, cat_ids)
         elif i == 1:
@@ -324,6 +325,7 @@ def train_stages(cfg) -> dict[str, Any]:
         else:
             result = fit_bbox(model, train_set, conf, device, progress)
         info[STAGES[i]] = {**result, "seconds": time.perf_counter() - t0}
+        log.info("stage %d (%s) done in %.1f s", i + 1, STAGES[i], info[STAGES[i]]["seconds"])
         _save_stage(model, run_dir, i, {"stages": info}, conf, names, cat_ids,
                     int(info.get("finetune", {}).get("iteration", 0)))
     iteration = int(info.get("finetune", {}).get("iteration", 0))

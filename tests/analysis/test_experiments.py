@@ -93,7 +93,8 @@ def _train_entry(name, data, map07, ms, status="ok"):
     return {"name": name, "kind": "train", "status": status, "notes": "", "budget_s": 60, "seconds": 42.0,
             "command": f"python tools/train.py run_dir=w/{name}",
             "result": {"data": f"{data}/test", "iteration": 100, "train_seconds": 30.0,
-                       "train_images_per_second": 26.7, "stopped_by": "max_time_s", "voc07": {"mAP": map07},
+                       "train_images_per_second": 26.7, "stopped_by": "max_time_s",
+                       "voc07": {"mAP": map07, "ap": {"RBC": 0.7, "WBC": 2 * map07 - 0.7}},
                        "coco": {"AP50": 0.5}, "test_seconds_per_image": ms / 500.0,
                        "test_model_seconds_per_image": ms / 1000.0,
                        "machine": {"gpu": "NVIDIA H100", "torch": "2.11"}, "git": {"commit": "abcdef1234567890"}}}
@@ -109,7 +110,7 @@ def test_report_rewrites_only_marked_sections_and_plots(tmp_path):
     assert text.startswith("# Results\n\nkeep me\n") and "\ntail\n" in text and "old table" not in text
     row = next(line for line in text.splitlines() if line.startswith("| r1 |"))
     # iterations, train s, img/s, stopped by, mAP, AP50, test ms (24.0 = 2 x 12), model ms
-    assert row == "| r1 | ok | 100 | 30.0 | 26.7 | max_time_s | 0.812 | 0.500 | 24.0 | 12.0 |"
+    assert row == "| r1 | ok | 100 | 30.0 | 26.7 | max_time_s | 0.812 | RBC 0.700, WBC 0.924 | 0.500 | 24.0 | 12.0 |"
     assert "NVIDIA H100" in text and "`abcdef123456`" in text
     assert "## Experiments: b\n\n<!-- experiments:b -->" in text and "| x | failed |" in text
     rr.write_report(groups, doc)  # idempotent
