@@ -41,6 +41,15 @@ def test_bad_suites_name_the_file(tmp_path, body, message):
     assert "bad.yaml" in str(e.value)
 
 
+def _check_budgeted_schedules(cfg, name):
+    """A cosine cut short by a time budget must run on the time clock, or its LR never decays
+    (stage 1 of R-CNN/SPPNet as much as the solver)."""
+    solvers = [cfg.solver] + ([cfg.method.stages.finetune] if "stages" in cfg.method else [])
+    for s in solvers:
+        if s.get("max_time_s") and s.get("schedule") == "cosine":
+            assert s.get("schedule_clock") == "time", name
+
+
 def test_gpu_suite_is_valid():
     """Every train run of the GPU suite composes with configs/train.yaml (no unknown key), reads its
     data from .data/, uses the one proposal cache, and each group's budgets fit a 600 s call."""
@@ -59,6 +68,7 @@ def test_gpu_suite_is_valid():
             with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
                 cfg = compose("train", overrides=args)
             assert cfg.data.root.startswith(".data/") and cfg.data.proposals.cache_dir == ".data/proposals"
+            _check_budgeted_schedules(cfg, r.name)
     assert {r.name.split("-")[1] for r in proposal_runs(suite)} == {"fast", "rcnn", "sppnet"}
 
 
@@ -82,6 +92,7 @@ def test_cpu_suite_is_valid():
                 assert cfg.method.stages.finetune.max_time_s > 0, r.name
             else:
                 assert cfg.solver.max_time_s > 0, r.name
+            _check_budgeted_schedules(cfg, r.name)
             methods.add(cfg.method.name)
     assert methods == {"faster_rcnn", "fast_rcnn", "sppnet", "rcnn", "overfeat"}
 
