@@ -317,8 +317,9 @@ class Trainer:
         start_iter, t_last, rate = self.iteration, time.perf_counter(), None
         self.net.train()
         self._mark = time.perf_counter()
-        redirect = logging_redirect_tqdm() if not bar.disable else contextlib.nullcontext()
-        redirect.__enter__()  # console log lines go above the bar, not through it
+        redirect = contextlib.ExitStack()
+        if not bar.disable:  # console log lines go above the bar, not through it
+            redirect.enter_context(logging_redirect_tqdm())
         try:
             # Two walks of the same schedule: the loader's (which runs ahead by its prefetch) and the
             # loop's, which says where each consumed batch sits for the checkpoint.
@@ -371,7 +372,7 @@ class Trainer:
                 self.save()
         finally:
             self._mark = None
-            redirect.__exit__(None, None, None)
+            redirect.close()
             bar.close()
             if writer is not None:
                 writer.close()
@@ -394,9 +395,9 @@ class Trainer:
 
 def _progress_line(iteration: int, max_iters: int, losses: dict[str, float], lr: float, img_per_s: float,
                    eta_s: float | None) -> str:
-    """One log line of training progress, e.g. ``iter 40/300  loss 1.234 (rpn_cls 0.2 ...)  lr ...``."""
+    """One log line of training progress, e.g. ``iter 40/300  loss 1.234 (rpn_cls 0.2 ...)  lr ...``;
+    ``losses`` are a step's values (``_step``): each term and their sum ``"loss"``."""
     terms = " ".join(f"{k} {v:.3f}" for k, v in losses.items() if k != "loss")
-    total = losses.get("loss", sum(losses.values()))
     eta = "?" if eta_s is None else time.strftime("%H:%M:%S", time.gmtime(eta_s))
-    return (f"iter {iteration}/{max_iters}  loss {total:.3f} ({terms})  lr {lr:.2e}  "
+    return (f"iter {iteration}/{max_iters}  loss {losses['loss']:.3f} ({terms})  lr {lr:.2e}  "
             f"{img_per_s:.1f} img/s  eta {eta}")

@@ -50,16 +50,13 @@ def _check_budgeted_schedules(cfg, name):
             assert s.get("schedule_clock") == "time", name
 
 
-def test_gpu_suite_is_valid():
-    """Every train run of the GPU suite composes with configs/train.yaml (no unknown key), reads its
-    data from .data/, uses the one proposal cache, and each group's budgets fit a 600 s call."""
+def _composed_train_runs(suite):
+    """``(group, run, cfg)`` of every train run of ``suite``, composed with configs/train.yaml after
+    checking it names no unknown key; budgeted cosines are checked to run on the time clock."""
     from hydra import compose, initialize_config_dir
 
-    suite = load_suite(REPO / "configs/experiments/gpu.yaml")
-    assert {"headline", "faster_bccd", "faster_raccoon", "fast_rcnn", "overfeat", "bench"} <= set(suite["groups"])
     train = load_tool("train")
     for g, runs in suite["groups"].items():
-        assert sum(r.budget_s for r in runs) < 570, g
         for r in runs:
             if r.kind != "train":
                 continue
@@ -67,34 +64,36 @@ def test_gpu_suite_is_valid():
             assert train.unknown_key_message(args) is None, r.name
             with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
                 cfg = compose("train", overrides=args)
-            assert cfg.data.root.startswith(".data/") and cfg.data.proposals.cache_dir == ".data/proposals"
             _check_budgeted_schedules(cfg, r.name)
-    assert {r.name.split("-")[1] for r in proposal_runs(suite)} == {"fast", "rcnn", "sppnet"}
+            yield g, r, cfg
 
+
+def test_gpu_suite_is_valid():
+    """Every train run of the GPU suite composes with configs/train.yaml (no unknown key), reads its
+    data from .data/, uses the one proposal cache, and each group's budgets fit a 600 s call."""
+    suite = load_suite(REPO / "configs/experiments/gpu.yaml")
+    assert {"headline", "faster_bccd", "faster_raccoon", "fast_rcnn", "overfeat", "bench"} <= set(suite["groups"])
+    for g, runs in suite["groups"].items():
+        assert sum(r.budget_s for r in runs) < 570, g
+    for _, r, cfg in _composed_train_runs(suite):
+        assert cfg.data.root.startswith(".data/") and cfg.data.proposals.cache_dir == ".data/proposals", r.name
+    assert {r.name.split("-")[1] for r in proposal_runs(suite)} == {"fast", "rcnn", "sppnet"}
 
 
 def test_cpu_suite_is_valid():
     """The CPU suite: every run composes, runs on the CPU without mixed precision, reads .data/,
     and covers all five methods; stage-1 budgets of R-CNN/SPPNet are set."""
-    from hydra import compose, initialize_config_dir
-
     suite = load_suite(REPO / "configs/experiments/cpu.yaml")
-    train = load_tool("train")
     methods = set()
-    for runs in suite["groups"].values():
-        for r in runs:
-            args = [*suite["common"]["train"], *r.args]
-            assert train.unknown_key_message(args) is None, r.name
-            with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
-                cfg = compose("train", overrides=args)
-            assert cfg.device == "cpu" and cfg.amp == "none" and cfg.data.root.startswith(".data/")
-            if "stages" in cfg.method:
-                assert cfg.method.stages.finetune.max_time_s > 0, r.name
-            else:
-                assert cfg.solver.max_time_s > 0, r.name
-            _check_budgeted_schedules(cfg, r.name)
-            methods.add(cfg.method.name)
+    for _, r, cfg in _composed_train_runs(suite):
+        assert cfg.device == "cpu" and cfg.amp == "none" and cfg.data.root.startswith(".data/"), r.name
+        if "stages" in cfg.method:
+            assert cfg.method.stages.finetune.max_time_s > 0, r.name
+        else:
+            assert cfg.solver.max_time_s > 0, r.name
+        methods.add(cfg.method.name)
     assert methods == {"faster_rcnn", "fast_rcnn", "sppnet", "rcnn", "overfeat"}
+
 
 def _group(name, runs):
     return {"schema": "detkit-experiments/1", "suite": "s.yaml", "group": name, "runs": runs}
