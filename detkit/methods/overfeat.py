@@ -11,19 +11,22 @@ shorter side**, so a fraction ``q`` resizes image ``i`` by ``f = n0 / (q * min(h
 
 Training (one random scale per step, per-image resize: "images of varied size"): windows are
 labelled by IoU with the ground truth — ``>= fg_iou_thresh`` (0.5) the class of the best match,
-``< bg_iou_thresh`` (0.3) background, in between ignored, as are windows whose centre lies outside
-the image; ``batch_size_per_image`` windows per image are sampled with up to
+``< bg_iou_thresh`` (0.3) background, in between ignored; only an image's own windows count (the
+ones its grid has alone, centred in the image: not those a wider batch-mate adds over its
+padding); ``batch_size_per_image`` windows per image are sampled with up to
 ``positive_fraction`` positives (balanced like the RPN); loss = softmax log loss over ``K + 1``
-classes on the sampled windows + smooth-L1 box regression on the positive ones (Fast R-CNN's
+classes averaged over the sampled windows + ``box_loss_weight`` x smooth-L1 box regression
+averaged over the positive ones (``box_loss_norm="positives"``: OverFeat trains its regressor on
+positive windows alone; ``"samples"`` divides by all sampled windows, as Fast R-CNN's
 ``fast_rcnn_loss``; targets: the R-CNN coding against the window, see
 ``detkit/overfeat/box_regression.py``). The classification network's last layer is replaced by
 a new ``K + 1``-way ``1 x 1`` convolution (index 0 = background); the other layers keep their
 (e.g. ImageNet) weights.
 
-Inference: for every scale, softmax scores and decoded class-specific boxes at every window;
-``(window, class)`` pairs scoring at least ``score_thresh`` (top ``pre_merge_top_n`` per scale)
-from all scales are merged per class (``merge="greedy"``, scores accumulate) or NMS'ed
-(``merge="nms"``).
+Inference: for every scale, softmax scores and decoded class-specific boxes at the image's own
+windows; ``(window, class)`` pairs scoring at least ``score_thresh`` (top ``pre_merge_top_n`` per
+scale) from all scales are merged per class (``merge="greedy"``; confidences summed or, with
+``merge_confidence="max"``, their maximum) or NMS'ed (``merge="nms"``).
 
 Shape letters: ``N`` images, ``K`` classes, ``M`` windows per image at one scale, ``G``
 ground-truth slots.
@@ -69,8 +72,9 @@ class OverFeat(nn.Module):
     def __init__(self, *, net: FullyConvNet, regressor: BoxRegressionNet, num_classes: int,
                  scales: Sequence[float], max_size: int = 2000, offset_pooling: bool = True,
                  fg_iou_thresh: float = 0.5, bg_iou_thresh: float = 0.3, batch_size_per_image: int = 128,
-                 positive_fraction: float = 0.5, smooth_l1_beta: float = 1.0, box_loss_weight: float = 1.0,
-                 merge: str = "greedy", merge_threshold: float = 0.5, merge_weighting: str = "mean",
+                 positive_fraction: float = 0.5, smooth_l1_beta: float = 1.0, box_loss_weight: float = 0.5,
+                 box_loss_norm: str = "positives", merge: str = "greedy", merge_threshold: float = 0.5,
+                 merge_weighting: str = "mean", merge_confidence: str = "sum",
                  nms_thresh: float = 0.3, score_thresh: float = 0.05, pre_merge_top_n: int = 300,
                  detections_per_img: int = 100, train_on_difficult: bool = True,
                  pixel_mean: Sequence[float] = IMAGENET_MEAN, pixel_std: Sequence[float] = IMAGENET_STD,
@@ -80,8 +84,12 @@ class OverFeat(nn.Module):
             raise ValueError(f"overfeat.py: num_classes must be >= 1, got {num_classes}")
         if not scales or any(float(q) <= 0 for q in scales):
             raise ValueError(f"overfeat.py: scales must be positive window/shorter-side fractions, got {scales}")
+        if box_loss_norm not in ("positives", "samples"):
+            raise ValueError(f"overfeat.py: box_loss_norm must be 'positives' or 'samples', got {box_loss_norm!r}")
         if merge not in ("greedy", "nms"):
             raise ValueError(f"overfeat.py: merge must be 'greedy' or 'nms', got {merge!r}")
+        if merge_confidence not in ("sum", "max"):
+            raise ValueError(f"overfeat.py: merge_confidence must be 'sum' or 'max', got {merge_confidence!r}")
         if not 0 <= bg_iou_thresh <= fg_iou_thresh <= 1:
             raise ValueError(f"overfeat.py: need 0 <= bg_iou_thresh <= fg_iou_thresh <= 1, got "
                              f"{bg_iou_thresh}, {fg_iou_thresh}")
@@ -95,11 +103,14 @@ class OverFeat(nn.Module):
         self.matcher = Matcher(thresholds=(bg_iou_thresh, fg_iou_thresh), labels=(0, -1, 1))
         self.batch_size_per_image, self.positive_fraction = int(batch_size_per_image), float(positive_fraction)
         self.smooth_l1_beta, self.box_loss_weight = float(smooth_l1_beta), float(box_loss_weight)
+        self.box_loss_norm = box_loss_norm
         self.merge, self.merge_threshold, self.merge_weighting = merge, float(merge_threshold), merge_weighting
+        self.merge_confidence = merge_confidence
         self.nms_thresh, self.score_thresh = float(nms_thresh), float(score_thresh)
         self.pre_merge_top_n, self.detections_per_img = int(pre_merge_top_n), int(detections_per_img)
         self.train_on_difficult = bool(train_on_difficult)
         self.channels_last = bool(channels_last)
+        self._grid_sides: dict[int, int] = {}
         mean = torch.tensor(pixel_mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
         std = torch.tensor(pixel_std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
         self.register_buffer("pixel_mean", mean, persistent=False)
@@ -117,8 +128,8 @@ class OverFeat(nn.Module):
         if self.training:
             gt_boxes, gt_labels, gt_valid = self.prepare_targets(targets, len(batch))
             q = random.choice(self.scales)  # one scale per step; seeded by the trainer
-            scores, deltas, windows = self.dense(images, image_hw, q)
-            return self.losses(scores, deltas, windows, image_hw, gt_boxes, gt_labels, gt_valid)
+            scores, deltas, windows, own = self.dense(images, image_hw, q)
+            return self.losses(scores, deltas, windows, own, gt_boxes, gt_labels, gt_valid)
         return self.detect(images, image_hw)
 
     # ------------------------------------------------------------------ dense evaluation
@@ -131,9 +142,15 @@ class OverFeat(nn.Module):
             out.append(min(f, self.max_size / max(h, w, 1)))
         return out
 
-    def dense(self, images: Tensor, image_hw: Tensor, q: float) -> tuple[Tensor, Tensor, Tensor]:
+    def dense(self, images: Tensor, image_hw: Tensor, q: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """One scale: -> class logits ``(N, M, K+1)``, deltas ``(N, M, 4K)``, windows ``(N, M, 4)``
-        in the batch's image coordinates."""
+        in the batch's image coordinates, and ``own`` ``(N, M)`` bool: the image's own windows.
+
+        The images are resized separately and padded to one tensor, so the grid ``M`` is the
+        largest image's. An image's own windows are those its grid would have alone (padded up
+        to one window) whose centre lies in the image: training labels and detections use only
+        those, so what an image contributes does not depend on the other images of its batch.
+        """
         factors = self.resize_factors(image_hw, q)
         resized = []
         for img, (h, w), f in zip(images, image_hw.tolist(), factors):
@@ -157,10 +174,28 @@ class OverFeat(nn.Module):
         grid = window_boxes(gh, gw, step=self.net.grid_step(self.offset_pooling), window=n0, device=x.device)
         scale = torch.tensor(factors, dtype=torch.float32, device=x.device)[:, None, None]
         windows = grid[None] / scale  # (N, M, 4) back in the batch's coordinates
-        return (logits.flatten(2).transpose(1, 2), deltas.flatten(2).transpose(1, 2), windows)
+        rows = torch.arange(gh, device=x.device)[:, None]
+        cols = torch.arange(gw, device=x.device)[None, :]
+        own = torch.stack([((rows < self._grid_side(max(n0, r.shape[-2])))
+                            & (cols < self._grid_side(max(n0, r.shape[-1])))).reshape(-1) for r in resized])
+        own &= self.centre_inside(windows, image_hw)
+        return (logits.flatten(2).transpose(1, 2), deltas.flatten(2).transpose(1, 2), windows, own)
+
+    def _grid_side(self, n: int) -> int:
+        """Outputs along an axis of ``n`` input pixels (offsets interleaved), from the network."""
+        if n not in self._grid_sides:  # measured on meta tensors once per size
+            s = self.net.pool_stride if self.offset_pooling else 1
+            self._grid_sides[n] = s * (self.net._pooled_side(n) - self.net.window + 1)
+        return self._grid_sides[n]
+
+    @staticmethod
+    def centre_inside(windows: Tensor, image_hw: Tensor) -> Tensor:
+        """``(N, M)`` bool: window centres inside their image (not on the padding)."""
+        centre = (windows[..., :2] + windows[..., 2:]) / 2
+        return (centre[..., 0] < image_hw[:, 1:2]) & (centre[..., 1] < image_hw[:, 0:1])
 
     # ------------------------------------------------------------------ training
-    def losses(self, logits: Tensor, deltas: Tensor, windows: Tensor, image_hw: Tensor, gt_boxes: Tensor,
+    def losses(self, logits: Tensor, deltas: Tensor, windows: Tensor, own: Tensor, gt_boxes: Tensor,
                gt_labels: Tensor, gt_valid: Tensor) -> dict[str, Tensor]:
         n, m, _ = windows.shape
         if gt_boxes.shape[1] == 0:  # no objects in the batch: one invalid slot (all background)
@@ -170,9 +205,7 @@ class OverFeat(nn.Module):
         iou = batched_box_iou(gt_boxes, windows)
         iou = torch.where(gt_valid[:, :, None], iou, -1.0)
         matches, labels = self.matcher(iou)
-        centre = (windows[..., :2] + windows[..., 2:]) / 2
-        inside = (centre[..., 0] < image_hw[:, 1:2]) & (centre[..., 1] < image_hw[:, 0:1])
-        labels = torch.where(inside, labels, torch.full_like(labels, -1))
+        labels = torch.where(own, labels, torch.full_like(labels, -1))
         index, positive, valid = sample_balanced(labels, num_samples=self.batch_size_per_image,
                                                  positive_fraction=self.positive_fraction)
         gt_idx = matches.gather(1, index)
@@ -186,6 +219,13 @@ class OverFeat(nn.Module):
                                             sel_deltas.reshape(-1, deltas.shape[-1]), cls.reshape(-1),
                                             targets.reshape(-1, 4), valid.reshape(-1),
                                             beta=self.smooth_l1_beta, box_weight=self.box_loss_weight)
+        if self.box_loss_norm == "positives":
+            # fast_rcnn_loss averages over all sampled windows; OverFeat trains its regressor on the
+            # positive windows alone, and the positive share swings ~10x between scales (a coarse
+            # scale has a few windows, mostly positive; a fine one hundreds, mostly background).
+            # Averaging over the positives gives every positive the same weight at every scale.
+            pos = (valid & positive).sum().clamp(min=1).float()
+            loss_box = loss_box * valid.sum().clamp(min=1).float() / pos
         return {"overfeat_cls": loss_cls, "overfeat_box": loss_box}
 
     # ------------------------------------------------------------------ inference
@@ -195,12 +235,13 @@ class OverFeat(nn.Module):
         cand: list[list[tuple[Tensor, Tensor, Tensor]]] = [[] for _ in range(n)]
         k = self.num_classes
         for q in self.scales:
-            logits, deltas, windows = self.dense(images, image_hw, q)
+            logits, deltas, windows, own = self.dense(images, image_hw, q)
             probs = logits.float().softmax(-1)[..., 1:]                        # (N, M, K)
+            own = own[..., None].expand(-1, -1, k)
             boxes = clip_boxes(self.regressor.decode(deltas, windows), image_hw)  # (N, M, K, 4)
             for i in range(n):
                 s = probs[i].reshape(-1)
-                keep = torch.nonzero(s >= self.score_thresh).squeeze(1)
+                keep = torch.nonzero((s >= self.score_thresh) & own[i].reshape(-1)).squeeze(1)
                 keep = keep[torch.argsort(s[keep], descending=True)[:self.pre_merge_top_n]]
                 cand[i].append((boxes[i].reshape(-1, 4)[keep], s[keep], keep % k))
         out = []
@@ -212,7 +253,8 @@ class OverFeat(nn.Module):
             ok = (wh > 0).all(dim=1)
             b, s, lab = merge_detections(b[ok], s[ok], lab[ok], method=self.merge,
                                          merge_threshold=self.merge_threshold, nms_thresh=self.nms_thresh,
-                                         weighting=self.merge_weighting, max_detections=self.detections_per_img)
+                                         weighting=self.merge_weighting, confidence=self.merge_confidence,
+                                         max_detections=self.detections_per_img)
             out.append({"boxes": b, "scores": s, "labels": lab})
         return out
 
@@ -223,8 +265,9 @@ def overfeat(*, classifier: nn.Module, num_classes: int, backbone: nn.Module | N
              offset_pooling: bool = True, reg_channels: Sequence[int] | None = None,
              bbox_reg_weights: Sequence[float] = REG_WEIGHTS,
              fg_iou_thresh: float = 0.5, bg_iou_thresh: float = 0.3, batch_size_per_image: int = 128,
-             positive_fraction: float = 0.5, smooth_l1_beta: float = 1.0, box_loss_weight: float = 1.0,
-             merge: str = "greedy", merge_threshold: float = 0.5, merge_weighting: str = "mean",
+             positive_fraction: float = 0.5, smooth_l1_beta: float = 1.0, box_loss_weight: float = 0.5,
+             box_loss_norm: str = "positives", merge: str = "greedy", merge_threshold: float = 0.5,
+             merge_weighting: str = "mean", merge_confidence: str = "sum",
              nms_thresh: float = 0.3, score_thresh: float = 0.05, pre_merge_top_n: int = 300,
              detections_per_img: int = 100, train_on_difficult: bool = True,
              channels_last: bool = False) -> OverFeat:
@@ -263,8 +306,10 @@ def overfeat(*, classifier: nn.Module, num_classes: int, backbone: nn.Module | N
     return OverFeat(net=net, regressor=regressor, num_classes=num_classes, scales=scales, max_size=max_size,
                     offset_pooling=offset_pooling, fg_iou_thresh=fg_iou_thresh, bg_iou_thresh=bg_iou_thresh,
                     batch_size_per_image=batch_size_per_image, positive_fraction=positive_fraction,
-                    smooth_l1_beta=smooth_l1_beta, box_loss_weight=box_loss_weight, merge=merge,
-                    merge_threshold=merge_threshold, merge_weighting=merge_weighting, nms_thresh=nms_thresh,
+                    smooth_l1_beta=smooth_l1_beta, box_loss_weight=box_loss_weight,
+                    box_loss_norm=box_loss_norm, merge=merge,
+                    merge_threshold=merge_threshold, merge_weighting=merge_weighting,
+                    merge_confidence=merge_confidence, nms_thresh=nms_thresh,
                     score_thresh=score_thresh, pre_merge_top_n=pre_merge_top_n,
                     detections_per_img=detections_per_img, train_on_difficult=train_on_difficult,
                     channels_last=channels_last)

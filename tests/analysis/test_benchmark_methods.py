@@ -145,7 +145,7 @@ def test_all_region_methods_timed_on_the_same_proposals(methods):
     # OverFeat: one window per location of the offset-interleaved grid at its one scale.
     of = methods["overfeat"]
     with torch.no_grad():
-        logits, _, windows = of.dense(*of.eval().preprocess(random_batch(1, *HW, device=torch.device("cpu"),
+        logits, _, windows, _ = of.dense(*of.eval().preprocess(random_batch(1, *HW, device=torch.device("cpu"),
                                                                          generator=gen)), 1.0)
     assert out["overfeat"]["infer_latency"]["rois_per_image"] == windows.shape[1] == logits.shape[1]
     rel = relative_to_fastest(out)

@@ -67,7 +67,7 @@ def test_windows_are_labelled_by_overlap():
     model = _tiny(scales=(0.8,))
     batch, targets = _batch()
     images, hw = model.preprocess(batch)
-    logits, deltas, windows = model.dense(images, hw, 0.8)
+    logits, deltas, windows, own = model.dense(images, hw, 0.8)
     n0 = model.net.input_size
     f = model.resize_factors(hw, 0.8)
     # every window has the side n0 / f in the image and the grid step (S / s) / f
@@ -75,6 +75,41 @@ def test_windows_are_labelled_by_overlap():
     for i in range(2):
         torch.testing.assert_close(side[i], torch.full_like(side[i], n0 / f[i]))
     assert logits.shape[:2] == windows.shape[:2] and deltas.shape[-1] == 12
+
+
+def test_box_loss_is_averaged_over_the_positive_windows():
+    # All positives sampled (positive_fraction 1): more background samples leave the per-positive
+    # box loss unchanged and dilute the per-sample one (Fast R-CNN's normalisation).
+    batch, targets = _batch()
+    loss = {}
+    for norm in ("positives", "samples"):
+        for n in (32, 128):  # 22 and 29 positive windows in the two images
+            model = _tiny(scales=(0.8,), box_loss_norm=norm, batch_size_per_image=n, positive_fraction=1.0).train()
+            torch.manual_seed(0)  # the same dropout masks
+            loss[norm, n] = model(batch, targets)["overfeat_box"].item()
+    assert loss["positives", 32] > 0
+    assert loss["positives", 32] == pytest.approx(loss["positives", 128], rel=1e-5)
+    assert loss["samples", 128] < loss["samples", 32] < loss["positives", 32]
+
+
+def test_an_images_windows_do_not_depend_on_its_batch():
+    # An image batched with a wider one (each is resized by its own shorter side: 64x96 -> 355x532,
+    # 64x300 -> 227x1064 at q = 1) sits in a wider tensor with more windows; its own windows (the
+    # ones labelled in training and turned into detections) are those it has alone.
+    model = _tiny().eval()
+    g = torch.Generator().manual_seed(2)
+    small = torch.randint(0, 256, (3, 64, 96), dtype=torch.uint8, generator=g)
+    wide = torch.randint(0, 256, (3, 64, 300), dtype=torch.uint8, generator=g)
+    for q in model.scales:
+        images, hw = model.preprocess(ImageBatch.from_images([small]))
+        _, _, win_alone, own_alone = model.dense(images, hw, q)
+        images, hw = model.preprocess(ImageBatch.from_images([small, wide]))
+        _, _, win_batch, own_batch = model.dense(images, hw, q)
+        assert win_batch.shape[1] > win_alone.shape[1]
+        assert own_batch[0].sum() == own_alone[0].sum() > 0
+        torch.testing.assert_close(win_batch[0][own_batch[0]], win_alone[0][own_alone[0]])
+        centre = (win_batch[0][own_batch[0]][:, :2] + win_batch[0][own_batch[0]][:, 2:]) / 2
+        assert (centre[:, 0] < 96).all() and (centre[:, 1] < 64).all()
 
 
 @pytest.mark.parametrize("merge", ["greedy", "nms"])
@@ -96,6 +131,10 @@ def test_bad_arguments():
         _tiny(merge="soft")
     with pytest.raises(ValueError, match="overfeat.py"):
         _tiny(scales=())
+    with pytest.raises(ValueError, match="box_loss_norm"):
+        _tiny(box_loss_norm="windows")
+    with pytest.raises(ValueError, match="merge_confidence"):
+        _tiny(merge_confidence="mean")
     model = _tiny().train()
     batch, _ = _batch()
     with pytest.raises(ValueError, match="targets"):

@@ -7,23 +7,49 @@ from detkit.overfeat.merge import greedy_merge, match_score, merge_detections
 
 def test_match_score_by_hand():
     a = torch.tensor([[0.0, 0, 10, 10]])
-    b = torch.tensor([[2.0, 0, 12, 10]])  # centres 2 apart, sizes 10, intersection 80 of 100
-    assert match_score(a, b).item() == pytest.approx(2 / 10 + (1 - 80 / 100))
+    b = torch.tensor([[2.0, 0, 12, 10]])  # centres 2 apart, sizes 10, intersection 80, union 120
+    assert match_score(a, b).item() == pytest.approx(2 / 10 + (1 - 80 / 120))
     assert match_score(a, a).item() == pytest.approx(0.0)
     far = torch.tensor([[100.0, 100, 110, 110]])
     assert match_score(a, far).item() > 1
 
 
 def test_two_overlapping_boxes_merge_and_confidences_accumulate():
-    boxes = torch.tensor([[0.0, 0, 10, 10], [2.0, 0, 12, 10]])
+    boxes = torch.tensor([[0.0, 0, 10, 10], [1.0, 0, 11, 10]])  # match 1/10 + (1 - 90/110) = 0.28
     scores = torch.tensor([0.6, 0.3])
     merged, total, members = greedy_merge(boxes, scores, threshold=0.5)
     assert merged.shape == (1, 4)
-    torch.testing.assert_close(merged[0], torch.tensor([1.0, 0, 11, 10]))  # average of coordinates
+    torch.testing.assert_close(merged[0], torch.tensor([0.5, 0, 10.5, 10]))  # average of coordinates
     assert total.item() == pytest.approx(0.9)
     assert members.tolist() == [0, 0]
     merged, _, _ = greedy_merge(boxes, scores, threshold=0.5, weighting="score")
-    torch.testing.assert_close(merged[0], torch.tensor([(0.6 * 0 + 0.3 * 2) / 0.9, 0, (6 + 3.6) / 0.9, 10]))
+    torch.testing.assert_close(merged[0], torch.tensor([0.3 / 0.9, 0, (6 + 3.3) / 0.9, 10]))
+    # 2 px apart the pair scores 2/10 + (1 - 80/120) = 0.53: above the threshold, kept apart
+    merged, _, _ = greedy_merge(torch.tensor([[0.0, 0, 10, 10], [2.0, 0, 12, 10]]), scores, threshold=0.5)
+    assert merged.shape == (2, 4)
+
+
+def test_a_part_inside_a_whole_is_not_a_match():
+    # A window on part of an object (inside the object's box, same centre) overlaps it by
+    # 400 / 10000: no match, though the intersection is the whole of the smaller box.
+    whole = torch.tensor([[0.0, 0, 100, 100]])
+    part = torch.tensor([[40.0, 40, 60, 60]])
+    assert match_score(whole, part).item() == pytest.approx(1 - 400 / 10000)
+    merged, _, members = greedy_merge(torch.cat([whole, part]), torch.tensor([0.9, 0.8]), threshold=0.5)
+    assert merged.shape == (2, 4) and members.tolist() == [0, 1]
+
+
+def test_max_confidence_keeps_the_best_member_score():
+    boxes = torch.tensor([[0.0, 0, 10, 10], [1.0, 0, 11, 10], [0.0, 1, 10, 11], [80.0, 80, 90, 90]])
+    scores = torch.tensor([0.2, 0.7, 0.4, 0.5])
+    merged, conf, members = greedy_merge(boxes, scores, threshold=0.5, confidence="max")
+    assert merged.shape == (2, 4)
+    assert conf[members[0]].item() == pytest.approx(0.7) and conf[members[3]].item() == pytest.approx(0.5)
+    _, conf_sum, members_sum = greedy_merge(boxes, scores, threshold=0.5)
+    assert members_sum.tolist() == members.tolist()
+    assert conf_sum[members_sum[0]].item() == pytest.approx(1.3)
+    with pytest.raises(ValueError, match="confidence"):
+        greedy_merge(boxes, scores, confidence="mean")
 
 
 def test_distant_boxes_stay_apart():
