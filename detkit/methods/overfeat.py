@@ -230,7 +230,10 @@ class OverFeat(nn.Module):
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
-    def detect(self, images: Tensor, image_hw: Tensor) -> list[dict[str, Tensor]]:
+    def candidates(self, images: Tensor, image_hw: Tensor) -> list[tuple[Tensor, Tensor, Tensor]]:
+        """What the merge sees: per image, ``(boxes (D, 4), scores (D,), labels (D,))`` of the
+        ``(window, class)`` pairs scoring ``>= score_thresh`` (top ``pre_merge_top_n`` per scale)
+        at the image's own windows, over all scales; boxes decoded, clipped, non-empty."""
         n = images.shape[0]
         cand: list[list[tuple[Tensor, Tensor, Tensor]]] = [[] for _ in range(n)]
         k = self.num_classes
@@ -245,19 +248,25 @@ class OverFeat(nn.Module):
                 keep = keep[torch.argsort(s[keep], descending=True)[:self.pre_merge_top_n]]
                 cand[i].append((boxes[i].reshape(-1, 4)[keep], s[keep], keep % k))
         out = []
-        for i in range(n):
-            b = torch.cat([c[0] for c in cand[i]])
-            s = torch.cat([c[1] for c in cand[i]])
-            lab = torch.cat([c[2] for c in cand[i]])
-            wh = b[:, 2:] - b[:, :2]
-            ok = (wh > 0).all(dim=1)
-            b, s, lab = merge_detections(b[ok], s[ok], lab[ok], method=self.merge,
-                                         merge_threshold=self.merge_threshold, nms_thresh=self.nms_thresh,
-                                         weighting=self.merge_weighting, confidence=self.merge_confidence,
-                                         max_detections=self.detections_per_img)
-            out.append({"boxes": b, "scores": s, "labels": lab})
+        for parts in cand:
+            b, s, lab = (torch.cat([c[j] for c in parts]) for j in range(3))
+            ok = ((b[:, 2:] - b[:, :2]) > 0).all(dim=1)
+            out.append((b[ok], s[ok], lab[ok]))
         return out
 
+    def merge_kwargs(self) -> dict:
+        """This model's post-processing settings, as :func:`merge_detections` keywords."""
+        return dict(method=self.merge, merge_threshold=self.merge_threshold, nms_thresh=self.nms_thresh,
+                    weighting=self.merge_weighting, confidence=self.merge_confidence,
+                    max_detections=self.detections_per_img)
+
+    @torch.no_grad()
+    def detect(self, images: Tensor, image_hw: Tensor) -> list[dict[str, Tensor]]:
+        out = []
+        for b, s, lab in self.candidates(images, image_hw):
+            b, s, lab = merge_detections(b, s, lab, **self.merge_kwargs())
+            out.append({"boxes": b, "scores": s, "labels": lab})
+        return out
 
 def overfeat(*, classifier: nn.Module, num_classes: int, backbone: nn.Module | None = None,
              input_size: int | None = None,

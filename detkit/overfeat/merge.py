@@ -20,7 +20,8 @@ so two boxes that overlap well and lie close score near 0, and two disjoint boxe
 1 (never merged with ``t < 1``). The overlap term is the IoU, not the intersection over the
 smaller box: with the latter a small box inside a large one (a window on part of an object) scores
 0 and is merged, clusters absorb their neighbours' parts and their means shrink (measured on
-raccoon: VOC07 mAP 0.05 with it, 0.33 with the IoU, same weights; docs/overfeat.md).
+raccoon: VOC07 mAP 0.05 with it, 0.19 with the IoU (0.33 ranking by the best member), same
+weights; docs/overfeat.md).
 ``box_merge`` averages the coordinates of *all* boxes merged so far (count-weighted: merging a
 merged box with a new one is the mean of every member, which pairwise averaging would not be), or
 weights them by score with ``weighting="score"``.

@@ -156,3 +156,17 @@ def test_train_cli_runs_overfeat(tmp_path):
     assert 0.0 <= metrics["voc07"]["mAP"] <= 1.0
     ckpt = torch.load(tmp_path / "run" / "last.pt", map_location="cpu", weights_only=True)
     assert ckpt["iteration"] == 2 and any(k.startswith("regressor.") for k in ckpt["model"])
+    # tools/compare_merges.py on that checkpoint: every default variant, as JSON and a table
+    out = tmp_path / "merges.json"
+    r = subprocess.run([sys.executable, "tools/compare_merges.py", "--checkpoint", str(tmp_path / "run" / "last.pt"),
+                        "--voc-root", str(tmp_path / "syn"), "--split", "test", "--device", "cpu", "--no-progress",
+                        "--out", str(out)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [row["name"] for row in rows][:3] == ["nms@0.3", "nms@0.5", "greedy-sum@0.3"] and len(rows) == 8
+    assert all(0.0 <= row["voc07_mAP"] <= 1.0 for row in rows)
+    assert "| post-processing | VOC07 mAP |" in r.stdout
+    # a checkpoint that is not OverFeat's, and a missing one, are clear errors (exit 2)
+    r = subprocess.run([sys.executable, "tools/compare_merges.py", "--checkpoint", str(tmp_path / "nope.pt"),
+                        "--voc-root", str(tmp_path / "syn")], cwd=REPO, env=env, capture_output=True, text=True)
+    assert r.returncode == 2 and "nope.pt" in r.stderr
