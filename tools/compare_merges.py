@@ -34,6 +34,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--limit", type=int, default=None, help="only the first N images of the split")
     p.add_argument("--out", default=None, help="also write the rows as JSON here")
+    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                   help="change the checkpoint's stored config first (e.g. method.model.scales=[1.0,0.7] or "
+                        "method.model.score_thresh=0.1: what the candidates are); repeatable")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
     if args.limit is not None and args.limit < 1:
@@ -49,7 +52,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     from detkit.engine.checkpoint import model_from_checkpoint
     from detkit.engine.distributed import resolve_device
 
-    model, ckpt = model_from_checkpoint(args.checkpoint)
+    model, ckpt = model_from_checkpoint(args.checkpoint, args.override)
     if not callable(getattr(model, "candidates", None)):
         raise ValueError(f"{args.checkpoint}: a {ckpt['config'].get('method', {}).get('name', '?')} checkpoint; "
                          "this tool compares OverFeat's merging (train with method=overfeat)")

@@ -2,10 +2,12 @@
 
     python tools/infer.py --checkpoint outputs/bccd-faster_rcnn-vgg16/last.pt img.jpg photos/ "shots/*.png" \\
         --out outputs/infer [--score-threshold 0.5] [--max-detections 100] [--device auto] [--batch-size 4] \\
-        [--compile]
+        [--compile] [--override method.model.merge=nms ...]
 
 The model is rebuilt from the config stored in the checkpoint (``hydra.utils.instantiate``) and
-images are resized with that config's test transform. Outputs in ``--out``:
+images are resized with that config's test transform. ``--override KEY=VALUE`` (repeatable)
+changes that config's test-time settings first, e.g. OverFeat's ``method.model.merge=nms`` or
+Faster R-CNN's ``method.model.box_nms_thresh=0.5`` (the weights must still fit). Outputs in ``--out``:
 
 * ``<name>.jpg`` per image: the detections drawn (``detkit.visualization.draw``);
 * ``detections.json``: the detections file (``detkit.evaluation.detections``), one entry per box
@@ -100,7 +102,7 @@ def run(args: argparse.Namespace) -> dict:
     from detkit.engine.evaluator import to_original_coords
     from detkit.visualization.draw import draw_detections, save_image
 
-    model, ckpt = model_from_checkpoint(args.checkpoint)
+    model, ckpt = model_from_checkpoint(args.checkpoint, args.override)
     paths = collect_inputs(args.inputs)
     names = list(ckpt["class_names"])
     cat_ids = list(ckpt.get("category_ids") or range(1, len(names) + 1))
@@ -163,6 +165,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="torch.compile the trunk, RPN head and region head (detkit.engine.compile); "
                         "pays off over many images of similar size")
     p.add_argument("--compile-backend", default="inductor", help="torch.compile backend with --compile")
+    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                   help="change the checkpoint's stored config before building the model, e.g. "
+                        "method.model.merge=nms (OverFeat) or method.model.box_score_thresh=0.3; repeatable")
     args = p.parse_args(argv)
     if args.batch_size < 1 or args.max_detections < 1:
         p.error("--batch-size and --max-detections must be at least 1")

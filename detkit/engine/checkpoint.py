@@ -15,9 +15,11 @@ leaves the previous ``last.pt`` intact, never a half-written file in its place.
 """
 from __future__ import annotations
 
+import copy
 import os
 import random
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -254,8 +256,42 @@ def build_model(config: dict[str, Any], num_classes: int) -> nn.Module:
         raise CheckpointError(f"cannot build the model from the config: {msg}{cause}") from e
 
 
-def model_from_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
+def apply_overrides(config: dict[str, Any], overrides: Sequence[str], *, source: str = "checkpoint") -> dict[str, Any]:
+    """A copy of a stored run config with ``KEY=VALUE`` dotted overrides applied (values parsed
+    as YAML, as on Hydra's command line), e.g. ``method.model.merge=nms``.
+
+    Every section on the key's path must exist in the stored config; the last part may be new
+    (a keyword added to the builder after the run), and a misspelt keyword is then refused by the
+    builder itself. Raises ``CheckpointError`` naming the override.
+    """
+    import yaml
+
+    cfg = copy.deepcopy(config)
+    for item in overrides:
+        key, sep, raw = str(item).partition("=")
+        parts = key.strip().split(".")
+        if not sep or not all(parts):
+            raise CheckpointError(f"override {item!r}: expected KEY=VALUE, e.g. method.model.merge=nms")
+        node = cfg
+        for i, part in enumerate(parts[:-1]):
+            if not isinstance(node.get(part), dict):
+                raise CheckpointError(f"{source}: override {item!r}: the stored config has no section "
+                                      f"{'.'.join(parts[:i + 1])!r}")
+            node = node[part]
+        try:
+            node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as e:
+            raise CheckpointError(f"override {item!r}: cannot parse the value: {e}") from None
+    return cfg
+
+
+def model_from_checkpoint(path: str | os.PathLike, overrides: Sequence[str] = ()) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the detector from the config stored in a checkpoint and load its weights.
+
+    ``overrides`` (``KEY=VALUE``, :func:`apply_overrides`) change the stored config before the
+    model is built: test-time settings such as ``method.model.merge=nms`` or
+    ``method.model.box_score_thresh=0.3`` (the weights must still fit). The returned checkpoint's
+    ``config`` is the overridden one.
 
     Returns ``(model in eval mode on the CPU, checkpoint dict)``.
     """
@@ -265,6 +301,8 @@ def model_from_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict[str,
         raise CheckpointError(f"{path}: checkpoint stores no class names")
     if not ckpt.get("config"):
         raise CheckpointError(f"{path}: checkpoint stores no config; cannot rebuild the model")
+    if overrides:
+        ckpt["config"] = apply_overrides(ckpt["config"], overrides, source=str(path))
     try:
         model = build_model(ckpt["config"], len(names))
     except CheckpointError as e:

@@ -119,3 +119,20 @@ def test_build_model_errors():
     cfg = {"backbone": {"_target_": "torch.nn.Identity"}, "method": {"model": {"_target_": "no.such.Detector"}}}
     with pytest.raises(CheckpointError, match="cannot build the model"):
         ck.build_model(cfg, 3)
+
+
+def test_overrides_change_a_copy_of_the_stored_config():
+    stored = {"method": {"name": "overfeat", "model": {"merge": "greedy", "scales": [1.0, 0.5]}}, "seed": 0}
+    cfg = ck.apply_overrides(stored, ["method.model.merge=nms", "method.model.scales=[0.7]", "seed=3",
+                                      "method.model.merge_confidence=max"])  # a keyword new since the run
+    assert cfg["method"]["model"] == {"merge": "nms", "scales": [0.7], "merge_confidence": "max"}
+    assert cfg["seed"] == 3
+    assert stored["method"]["model"] == {"merge": "greedy", "scales": [1.0, 0.5]} and stored["seed"] == 0
+    with pytest.raises(CheckpointError, match="no section 'method.modle'"):
+        ck.apply_overrides(stored, ["method.modle.merge=nms"])
+    with pytest.raises(CheckpointError, match="KEY=VALUE"):
+        ck.apply_overrides(stored, ["method.model.merge"])
+    with pytest.raises(CheckpointError, match="KEY=VALUE"):
+        ck.apply_overrides(stored, ["method..merge=nms"])
+    with pytest.raises(CheckpointError, match="cannot parse"):
+        ck.apply_overrides(stored, ["seed=[1, 2"])

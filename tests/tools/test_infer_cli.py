@@ -43,3 +43,26 @@ def test_compile_gives_the_same_detections(tmp_path, capsys):
     assert len(plain) > 0 and plain == compiled
     assert main([*common, "--out", str(tmp_path / "bad"), "--compile", "--compile-backend", "nope"]) == 2
     assert "unknown torch.compile backend 'nope'" in capsys.readouterr().err
+
+
+def test_override_changes_test_time_settings(tmp_path, capsys):
+    ckpt = _checkpoint(tmp_path)
+    images = tmp_path / "in"
+    images.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 256, (64, 96, 3), dtype=np.uint8)).save(images / f"im{i}.png")
+    main = load_tool("infer").main
+    common = ["--checkpoint", str(ckpt), str(images), "--device", "cpu", "--score-threshold", "0.0"]
+    assert main([*common, "--out", str(tmp_path / "all")]) == 0
+    assert main([*common, "--out", str(tmp_path / "one"), "--override", "method.model.box_detections_per_img=1"]) == 0
+    every = json.loads((tmp_path / "all" / "detections.json").read_text())
+    one = json.loads((tmp_path / "one" / "detections.json").read_text())
+    per_image = [sum(d["image_id"] == i for d in one) for i in range(2)]
+    assert len(every) > 2 and per_image == [1, 1]
+    best = [max((d for d in every if d["image_id"] == i), key=lambda d: d["score"]) for i in range(2)]
+    assert sorted(d["score"] for d in one) == sorted(d["score"] for d in best)
+    assert main([*common, "--out", str(tmp_path / "bad"), "--override", "methd.model.x=1"]) == 2
+    assert "no section 'methd'" in capsys.readouterr().err
+    assert main([*common, "--out", str(tmp_path / "bad"), "--override", "method.model.box_detections_per_im=1"]) == 2
+    assert "box_detections_per_im" in capsys.readouterr().err
