@@ -34,7 +34,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--limit", type=int, default=None, help="only the first N images of the split")
     p.add_argument("--out", default=None, help="also write the rows as JSON here")
-    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+    p.add_argument("--set", dest="override", action="append", default=[], metavar="KEY=VALUE",
                    help="change the checkpoint's stored config first (e.g. method.model.scales=[1.0,0.7] or "
                         "method.model.score_thresh=0.1: what the candidates are); repeatable")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

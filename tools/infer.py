@@ -2,10 +2,10 @@
 
     python tools/infer.py --checkpoint outputs/bccd-faster_rcnn-vgg16/last.pt img.jpg photos/ "shots/*.png" \\
         --out outputs/infer [--score-threshold 0.5] [--max-detections 100] [--device auto] [--batch-size 4] \\
-        [--compile] [--override method.model.merge=nms ...]
+        [--compile] [--set method.model.merge=nms ...]
 
 The model is rebuilt from the config stored in the checkpoint (``hydra.utils.instantiate``) and
-images are resized with that config's test transform. ``--override KEY=VALUE`` (repeatable)
+images are resized with that config's test transform. ``--set KEY=VALUE`` (repeatable)
 changes that config's test-time settings first, e.g. OverFeat's ``method.model.merge=nms`` or
 Faster R-CNN's ``method.model.box_nms_thresh=0.5`` (the weights must still fit). Outputs in ``--out``:
 
@@ -165,7 +165,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="torch.compile the trunk, RPN head and region head (detkit.engine.compile); "
                         "pays off over many images of similar size")
     p.add_argument("--compile-backend", default="inductor", help="torch.compile backend with --compile")
-    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+    p.add_argument("--set", dest="override", action="append", default=[], metavar="KEY=VALUE",
                    help="change the checkpoint's stored config before building the model, e.g. "
                         "method.model.merge=nms (OverFeat) or method.model.box_score_thresh=0.3; repeatable")
     args = p.parse_args(argv)

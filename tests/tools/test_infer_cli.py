@@ -55,14 +55,14 @@ def test_override_changes_test_time_settings(tmp_path, capsys):
     main = load_tool("infer").main
     common = ["--checkpoint", str(ckpt), str(images), "--device", "cpu", "--score-threshold", "0.0"]
     assert main([*common, "--out", str(tmp_path / "all")]) == 0
-    assert main([*common, "--out", str(tmp_path / "one"), "--override", "method.model.box_detections_per_img=1"]) == 0
+    assert main([*common, "--out", str(tmp_path / "one"), "--set", "method.model.box_detections_per_img=1"]) == 0
     every = json.loads((tmp_path / "all" / "detections.json").read_text())
     one = json.loads((tmp_path / "one" / "detections.json").read_text())
     per_image = [sum(d["image_id"] == i for d in one) for i in range(2)]
     assert len(every) > 2 and per_image == [1, 1]
     best = [max((d for d in every if d["image_id"] == i), key=lambda d: d["score"]) for i in range(2)]
     assert sorted(d["score"] for d in one) == sorted(d["score"] for d in best)
-    assert main([*common, "--out", str(tmp_path / "bad"), "--override", "methd.model.x=1"]) == 2
+    assert main([*common, "--out", str(tmp_path / "bad"), "--set", "methd.model.x=1"]) == 2
     assert "no section 'methd'" in capsys.readouterr().err
-    assert main([*common, "--out", str(tmp_path / "bad"), "--override", "method.model.box_detections_per_im=1"]) == 2
+    assert main([*common, "--out", str(tmp_path / "bad"), "--set", "method.model.box_detections_per_im=1"]) == 2
     assert "box_detections_per_im" in capsys.readouterr().err
