@@ -36,6 +36,9 @@ Plain per-class NMS (``torchvision.ops.batched_nms``) is available through
 """
 from __future__ import annotations
 
+import heapq
+
+import numpy as np
 import torch
 from torch import Tensor
 from torchvision.ops import batched_nms
@@ -43,22 +46,28 @@ from torchvision.ops import batched_nms
 __all__ = ["match_score", "greedy_merge", "merge_detections"]
 
 
-def match_score(boxes1: Tensor, boxes2: Tensor) -> Tensor:
-    """``(A, 4)`` and ``(B, 4)`` xyxy boxes -> ``(A, B)`` match scores (lower = better match)."""
-    b1, b2 = boxes1.float(), boxes2.float()
-    area1 = ((b1[:, 2] - b1[:, 0]).clamp(min=0) * (b1[:, 3] - b1[:, 1]).clamp(min=0))
-    area2 = ((b2[:, 2] - b2[:, 0]).clamp(min=0) * (b2[:, 3] - b2[:, 1]).clamp(min=0))
+def _match(b1: np.ndarray, b2: np.ndarray) -> np.ndarray:
+    """:func:`match_score` on float64 arrays: ``(A, 4)``, ``(B, 4)`` -> ``(A, B)``."""
+    area1 = np.clip(b1[:, 2] - b1[:, 0], 0, None) * np.clip(b1[:, 3] - b1[:, 1], 0, None)
+    area2 = np.clip(b2[:, 2] - b2[:, 0], 0, None) * np.clip(b2[:, 3] - b2[:, 1], 0, None)
     c1 = (b1[:, :2] + b1[:, 2:]) / 2
     c2 = (b2[:, :2] + b2[:, 2:]) / 2
-    dist = torch.cdist(c1, c2)
-    size = (area1.sqrt()[:, None] + area2.sqrt()[None, :]) / 2
-    lt = torch.maximum(b1[:, None, :2], b2[None, :, :2])
-    rb = torch.minimum(b1[:, None, 2:], b2[None, :, 2:])
-    wh = (rb - lt).clamp(min=0)
+    dist = np.sqrt(((c1[:, None, :] - c2[None, :, :]) ** 2).sum(-1))
+    size = (np.sqrt(area1)[:, None] + np.sqrt(area2)[None, :]) / 2
+    lt = np.maximum(b1[:, None, :2], b2[None, :, :2])
+    rb = np.minimum(b1[:, None, 2:], b2[None, :, 2:])
+    wh = np.clip(rb - lt, 0, None)
     inter = wh[..., 0] * wh[..., 1]
-    tiny = torch.finfo(torch.float32).tiny
-    union = (area1[:, None] + area2[None, :] - inter).clamp(min=tiny)
-    return dist / size.clamp(min=tiny) + (1 - inter / union)
+    tiny = np.finfo(np.float64).tiny
+    union = np.maximum(area1[:, None] + area2[None, :] - inter, tiny)
+    return dist / np.maximum(size, tiny) + (1 - inter / union)
+
+
+def match_score(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """``(A, 4)`` and ``(B, 4)`` xyxy boxes -> ``(A, B)`` match scores (lower = better match),
+    float32 on ``boxes1``'s device (computed in float64 on the host, as :func:`greedy_merge` does)."""
+    out = _match(boxes1.detach().double().cpu().numpy(), boxes2.detach().double().cpu().numpy())
+    return torch.from_numpy(out).to(device=boxes1.device, dtype=torch.float32)
 
 
 def greedy_merge(boxes: Tensor, scores: Tensor, *, threshold: float = 0.5, weighting: str = "mean",
@@ -67,13 +76,15 @@ def greedy_merge(boxes: Tensor, scores: Tensor, *, threshold: float = 0.5, weigh
 
     Args:
         boxes: ``(D, 4)`` xyxy; scores: ``(D,)`` class confidences.
-        threshold: ``t``; the best pair is merged while its :func:`match_score` is ``<= t``.
+        threshold: ``t``; the best pair is merged while its :func:`match_score` is ``<= t``
+            (ties: the pair of lowest indices first).
         weighting: ``"mean"`` (the paper's average of coordinates) or ``"score"``.
         confidence: ``"sum"`` (the paper's accumulated class scores) or ``"max"`` of the members.
 
     Returns:
         merged boxes ``(D', 4)``, their confidences ``(D',)`` (sum or max of the members' scores),
-        and ``members`` ``(D,)`` int64: for each input box, the output row it ended up in.
+        and ``members`` ``(D,)`` int64: for each input box, the output row it ended up in; on
+        ``boxes``' device.
     """
     if weighting not in ("mean", "score"):
         raise ValueError(f"merge.py: weighting must be 'mean' or 'score', got {weighting!r}")
@@ -82,42 +93,52 @@ def greedy_merge(boxes: Tensor, scores: Tensor, *, threshold: float = 0.5, weigh
     if boxes.dim() != 2 or boxes.shape[-1] != 4 or scores.shape != boxes.shape[:1]:
         raise ValueError(f"merge.py: expected boxes (D, 4) and scores (D,), got {tuple(boxes.shape)} "
                          f"and {tuple(scores.shape)}")
-    d = boxes.shape[0]
-    boxes, scores = boxes.float(), scores.float()
-    weight = scores.clone() if weighting == "score" else torch.ones_like(scores)
-    weight = weight.clamp(min=torch.finfo(torch.float32).tiny)
-    sums = boxes * weight[:, None]     # weighted coordinate sums of each cluster
-    current = boxes.clone()
-    total = scores.clone()
-    owner = torch.arange(d, device=boxes.device)  # cluster representative of each input box
-    alive = torch.ones(d, dtype=torch.bool, device=boxes.device)
-    inf = torch.tensor(float("inf"), device=boxes.device)
-    score = match_score(current, current)
-    score.fill_diagonal_(float("inf"))
-    # One merge per iteration, as the paper: the pair matrix is updated in O(D) per merge
-    # (one row and column) instead of being recomputed.
-    for _ in range(max(d - 1, 0)):
-        flat = int(torch.argmin(score))
-        i, j = divmod(flat, d)
-        if not bool(score[i, j] <= threshold):
-            break
-        sums[i] += sums[j]
+    # Each merge moves one cluster's box and so changes its matches: the loop is sequential and
+    # done on the host (one transfer, no device sync per merge). A heap holds the pairs that can
+    # still merge (match <= t), so a merge costs one row of matches, not a scan of all D x D pairs;
+    # entries of clusters changed since they were pushed are skipped when popped.
+    device, d = boxes.device, boxes.shape[0]
+    cur = boxes.detach().double().cpu().numpy().copy()
+    total = scores.detach().double().cpu().numpy().copy()
+    weight = total.copy() if weighting == "score" else np.ones(d)
+    weight = np.maximum(weight, np.finfo(np.float64).tiny)
+    sums = cur * weight[:, None]          # weighted coordinate sums of each cluster
+    owner = np.arange(d)                  # cluster of each input box
+    alive = np.ones(d, dtype=bool)
+    version = np.zeros(d, dtype=np.int64)
+    t = float(threshold)
+    if d > 1:
+        m = _match(cur, cur)
+        i, j = np.triu_indices(d, 1)
+        close = m[i, j] <= t
+        heap = [(float(s), int(a), int(b), 0, 0) for s, a, b in zip(m[i, j][close], i[close], j[close])]
+        heapq.heapify(heap)
+    else:
+        heap = []
+    while heap:
+        _, i, j, vi, vj = heapq.heappop(heap)
+        if not (alive[i] and alive[j]) or version[i] != vi or version[j] != vj:
+            continue  # a cluster merged or moved since this pair was pushed
+        sums[i] += sums[j]                # i < j: the merged cluster keeps the lower index
         weight[i] += weight[j]
-        total[i] = total[i] + total[j] if confidence == "sum" else torch.maximum(total[i], total[j])
-        current[i] = sums[i] / weight[i]
+        total[i] = total[i] + total[j] if confidence == "sum" else max(total[i], total[j])
+        cur[i] = sums[i] / weight[i]
         owner[owner == j] = i
         alive[j] = False
-        score[j, :] = inf
-        score[:, j] = inf
-        row = match_score(current[i:i + 1], current)[0]
-        row = torch.where(alive, row, inf)
-        row[i] = inf
-        score[i, :] = row
-        score[:, i] = row
-    keep = torch.nonzero(alive).squeeze(1)
-    remap = torch.full((d,), -1, dtype=torch.int64, device=boxes.device)
-    remap[keep] = torch.arange(keep.numel(), device=boxes.device)
-    return current[keep], total[keep], remap[owner]
+        version[i] += 1
+        others = np.flatnonzero(alive)
+        others = others[others != i]
+        if others.size:
+            row = _match(cur[i:i + 1], cur[others])[0]
+            for k, s in zip(others[row <= t].tolist(), row[row <= t].tolist()):
+                a, b = (i, k) if i < k else (k, i)
+                heapq.heappush(heap, (s, a, b, int(version[a]), int(version[b])))
+    keep = np.flatnonzero(alive)
+    remap = np.full(d, -1, dtype=np.int64)
+    remap[keep] = np.arange(keep.size)
+    return (torch.from_numpy(cur[keep]).to(device=device, dtype=torch.float32),
+            torch.from_numpy(total[keep]).to(device=device, dtype=torch.float32),
+            torch.from_numpy(remap[owner]).to(device))
 
 
 def merge_detections(boxes: Tensor, scores: Tensor, labels: Tensor, *, method: str = "greedy",

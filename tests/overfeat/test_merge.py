@@ -89,3 +89,51 @@ def test_bad_arguments():
         merge_detections(torch.zeros(1, 4), torch.zeros(1), torch.zeros(1, dtype=torch.int64), method="soft")
     with pytest.raises(ValueError, match="merge.py"):
         greedy_merge(torch.zeros(2, 4), torch.zeros(3))
+
+
+def _reference_merge(boxes, scores, threshold, weighting, confidence):
+    """The paper's loop as written: rescan every pair of current clusters for the best match."""
+    clusters = [[i] for i in range(len(boxes))]
+    w = scores if weighting == "score" else torch.ones_like(scores)
+
+    def box(c):
+        return (boxes[c] * w[c, None]).sum(0) / w[c].sum()
+
+    while len(clusters) > 1:
+        cur = torch.stack([box(c) for c in clusters])
+        m = match_score(cur, cur).double()
+        m.fill_diagonal_(float("inf"))
+        # the lowest match; ties: the clusters holding the lowest input indices
+        n = len(clusters)
+        order = sorted((m[a, b].item(), min(clusters[a]), min(clusters[b]), a, b)
+                       for a in range(n) for b in range(n) if min(clusters[a]) < min(clusters[b]))
+        s, _, _, a, b = order[0]
+        if s > threshold:
+            break
+        clusters[a] = clusters[a] + clusters[b]
+        del clusters[b]
+    conf = [scores[c].sum() if confidence == "sum" else scores[c].max() for c in clusters]
+    return clusters, torch.stack([box(c) for c in clusters]), torch.stack(conf)
+
+
+@pytest.mark.parametrize("weighting", ["mean", "score"])
+@pytest.mark.parametrize("confidence", ["sum", "max"])
+@pytest.mark.parametrize("threshold", [0.3, 0.6])
+def test_heap_merge_equals_the_rescanning_loop(weighting, confidence, threshold):
+    g = torch.Generator().manual_seed(0)
+    centres = torch.rand(5, 2, generator=g) * 200
+    c = centres[torch.randint(0, 5, (40,), generator=g)] + torch.randn(40, 2, generator=g) * 6
+    size = 30 + torch.rand(40, 2, generator=g) * 20
+    boxes = torch.cat([c - size / 2, c + size / 2], dim=1)
+    scores = torch.rand(40, generator=g)
+    merged, conf, members = greedy_merge(boxes, scores, threshold=threshold, weighting=weighting,
+                                         confidence=confidence)
+    clusters, ref_boxes, ref_conf = _reference_merge(boxes.double(), scores.double(), threshold, weighting, confidence)
+    assert 5 <= len(clusters) < 40  # the case merges a lot, and not everything
+    got = sorted(sorted(torch.nonzero(members == k).squeeze(1).tolist()) for k in range(merged.shape[0]))
+    assert got == sorted(sorted(cl) for cl in clusters)
+    by_first = {min(cl): k for k, cl in enumerate(clusters)}
+    for k in range(merged.shape[0]):
+        ref = by_first[int(torch.nonzero(members == k).min())]
+        torch.testing.assert_close(merged[k].double(), ref_boxes[ref], atol=1e-4, rtol=1e-5)
+        torch.testing.assert_close(conf[k].double(), ref_conf[ref], atol=1e-5, rtol=1e-5)
