@@ -45,23 +45,19 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> list[dict]:
-    from detkit.analysis.merge_compare import compare_merges, dense_candidates, format_rows
+    from detkit.analysis.merge_compare import compare_merges, dense_candidates, format_rows, require_overfeat
     from detkit.data.dataset import DetectionDataset
-    from detkit.data.transforms import build_transforms
+    from detkit.data.transforms import eval_transforms
     from detkit.data.voc import load_voc
     from detkit.engine.checkpoint import model_from_checkpoint
     from detkit.engine.distributed import resolve_device
 
     model, ckpt = model_from_checkpoint(args.checkpoint, args.override)
-    if not callable(getattr(model, "candidates", None)):
-        raise ValueError(f"{args.checkpoint}: a {ckpt['config'].get('method', {}).get('name', '?')} checkpoint; "
-                         "this tool compares OverFeat's merging (train with method=overfeat)")
+    require_overfeat(model, source=str(args.checkpoint))
     data = load_voc(args.voc_root, args.split, list(ckpt["class_names"]))  # DataError is a ValueError
     if args.limit is not None:
         data = dataclasses.replace(data, records=data.records[:args.limit])
-    tf = dict(ckpt["config"].get("data", {}).get("transforms") or {})
-    dataset = DetectionDataset(data, build_transforms(train=False, min_size=tf.get("min_size", 600),
-                                                      max_size=tf.get("max_size", 1000)))
+    dataset = DetectionDataset(data, eval_transforms((ckpt["config"].get("data") or {}).get("transforms")))
     cands = dense_candidates(model, dataset, device=resolve_device(args.device), progress=not args.no_progress)
     rows = compare_merges(cands, data, max_detections=model.detections_per_img)
     print(f"{args.checkpoint} on {args.voc_root} {args.split} ({len(data)} images); the model's own setting: "
@@ -80,7 +76,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         run(args)
-    except (CheckpointError, ValueError, FileNotFoundError) as e:
+    except (CheckpointError, ValueError, TypeError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

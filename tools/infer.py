@@ -96,7 +96,7 @@ def _load_batch(paths, transform):
 
 def run(args: argparse.Namespace) -> dict:
     from detkit.data.batch import ImageBatch
-    from detkit.data.transforms import build_transforms
+    from detkit.data.transforms import eval_transforms
     from detkit.engine.checkpoint import model_from_checkpoint
     from detkit.engine.distributed import resolve_device
     from detkit.engine.evaluator import to_original_coords
@@ -106,8 +106,7 @@ def run(args: argparse.Namespace) -> dict:
     paths = collect_inputs(args.inputs)
     names = list(ckpt["class_names"])
     cat_ids = list(ckpt.get("category_ids") or range(1, len(names) + 1))
-    tf = dict(ckpt["config"].get("data", {}).get("transforms") or {})
-    transform = build_transforms(train=False, min_size=tf.get("min_size", 600), max_size=tf.get("max_size", 1000))
+    transform = eval_transforms((ckpt["config"].get("data") or {}).get("transforms"))
     device = resolve_device(args.device)
     model.to(device)
     if args.compile:

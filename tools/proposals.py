@@ -176,7 +176,7 @@ def rpn_proposals(args, data: DetectionData) -> tuple[dict, dict, str, str]:
     from tqdm import tqdm
 
     from detkit.data.dataset import DetectionDataset, collate_detections
-    from detkit.data.transforms import build_transforms
+    from detkit.data.transforms import eval_transforms
     from detkit.engine.checkpoint import CheckpointError, model_from_checkpoint
     from detkit.engine.distributed import resolve_device
     from detkit.engine.evaluator import to_original_coords
@@ -191,7 +191,7 @@ def rpn_proposals(args, data: DetectionData) -> tuple[dict, dict, str, str]:
         model.rpn.post_nms_top_n[False] = int(args.rpn_top_n)
     top_n = model.rpn.post_nms_top_n[False]
     tf = dict((ckpt["config"].get("data") or {}).get("transforms") or {})
-    transform = build_transforms(train=False, min_size=tf.get("min_size", 600), max_size=tf.get("max_size", 1000))
+    transform = eval_transforms(tf)
     device = resolve_device(args.device)
     model.to(device)
     loader = DataLoader(DetectionDataset(data, transform), batch_size=args.batch_size, shuffle=False,

@@ -14,16 +14,15 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from detkit.data.dataset import collate_detections
-from detkit.engine.evaluator import score_detections, to_original_coords
+from detkit.engine.evaluator import detection_entry, score_detections
 from detkit.overfeat.merge import merge_detections
 
-__all__ = ["DEFAULT_VARIANTS", "variant_name", "dense_candidates", "compare_merges", "format_rows"]
+__all__ = ["DEFAULT_VARIANTS", "variant_name", "require_overfeat", "dense_candidates", "compare_merges", "format_rows"]
 
 # NMS at the two usual thresholds; greedy merging at three match thresholds with each confidence.
 DEFAULT_VARIANTS: tuple[dict[str, Any], ...] = (
@@ -44,15 +43,20 @@ def variant_name(variant: Mapping[str, Any]) -> str:
     return name + ("-score" if variant.get("weighting") == "score" else "")
 
 
+def require_overfeat(model: nn.Module, *, source: str = "merge_compare.py") -> None:
+    """``TypeError`` unless ``model`` is an OverFeat detector (has :meth:`OverFeat.candidates`)."""
+    if not callable(getattr(model, "candidates", None)):
+        raise TypeError(f"{source}: {type(model).__name__} is not an OverFeat detector "
+                        "(no candidates(); only OverFeat merges dense windows: train with method=overfeat)")
+
+
 @torch.no_grad()
 def dense_candidates(model: nn.Module, dataset, *, device: torch.device | str = "cpu",
                      progress: bool = True) -> Candidates:
     """``image_id -> (boxes (D, 4), scores (D,), labels (D,), target)`` for every image of a
     ``DetectionDataset``, from :meth:`OverFeat.candidates` (one image per pass, boxes in the
     dataset's resized coordinates, kept on the CPU)."""
-    if not callable(getattr(model, "candidates", None)):
-        raise TypeError(f"merge_compare.py: {type(model).__name__} is not an OverFeat detector "
-                        "(no candidates(); only OverFeat merges dense windows)")
+    require_overfeat(model)
     device = torch.device(device)
     model.eval().to(device)
     out: Candidates = {}
@@ -79,16 +83,14 @@ def compare_merges(candidates: Candidates, data, variants: Iterable[Mapping[str,
         dets, count, t0 = {}, 0, time.perf_counter()
         for image_id, (boxes, scores, labels, target) in candidates.items():
             b, s, lab = merge_detections(boxes, scores, labels, max_detections=max_detections, **variant)
-            b = to_original_coords(b.float(), target["size"], target["orig_size"])
-            dets[image_id] = {"boxes": b.numpy().astype(np.float32).reshape(-1, 4),
-                              "scores": s.float().numpy().astype(np.float32).reshape(-1),
-                              "labels": lab.numpy().astype(np.int64).reshape(-1)}
+            dets[image_id] = detection_entry({"boxes": b, "scores": s, "labels": lab}, target)
             count += int(s.numel())
         seconds = time.perf_counter() - t0
         scores = score_detections(dets, data, coco=False)
         n = max(len(candidates), 1)
+        per_class = {k: c["ap"] for k, c in scores["voc07"]["per_class"].items()}
         rows.append({"name": variant_name(variant), **variant, "voc07_mAP": scores["voc07"]["mAP"],
-                     "voc12_mAP": scores["voc12"]["mAP"], "voc07_ap": {k: c["ap"] for k, c in scores["voc07"]["per_class"].items()},
+                     "voc12_mAP": scores["voc12"]["mAP"], "voc07_ap": per_class,
                      "detections_per_image": count / n, "merge_ms_per_image": 1000.0 * seconds / n})
     return rows
 

@@ -164,6 +164,13 @@ class DetectionTransform:
         return f"DetectionTransform({self.compose!r})"
 
 
+def eval_transforms(transforms: Mapping[str, Any] | None) -> DetectionTransform:
+    """The test pipeline of a run config's ``data.transforms`` node (``min_size`` / ``max_size``,
+    600 / 1000 when absent): what training's evaluation, the stages and the tools use."""
+    tf = dict(transforms or {})
+    return build_transforms(train=False, min_size=tf.get("min_size", 600), max_size=tf.get("max_size", 1000))
+
+
 def build_transforms(
     *,
     train: bool,

@@ -59,6 +59,17 @@ def autocast_context(device: torch.device, amp: str):
 
 
 @torch.no_grad()
+def detection_entry(output: dict[str, torch.Tensor], target: dict[str, Any]) -> dict[str, np.ndarray]:
+    """One image's model output ``{"boxes", "scores", "labels"}`` (in the dataset's resized pixels)
+    as a ``Detections`` entry: numpy arrays, boxes back in the original image's pixels."""
+    boxes = to_original_coords(output["boxes"].float(), target["size"], target["orig_size"])
+    return {
+        "boxes": boxes.cpu().numpy().astype(np.float32).reshape(-1, 4),
+        "scores": output["scores"].float().cpu().numpy().astype(np.float32).reshape(-1),
+        "labels": output["labels"].cpu().numpy().astype(np.int64).reshape(-1),
+    }
+
+
 def predict(
     model: nn.Module,
     dataset,
@@ -117,12 +128,7 @@ def predict(
                 timing["model_seconds"] = timing.get("model_seconds", 0.0) + time.perf_counter() - t0
                 timing["images"] = timing.get("images", 0) + len(targets)
             for out, tgt in zip(outputs, targets):
-                boxes = to_original_coords(out["boxes"].float(), tgt["size"], tgt["orig_size"])
-                results[int(tgt["image_id"])] = {
-                    "boxes": boxes.cpu().numpy().astype(np.float32).reshape(-1, 4),
-                    "scores": out["scores"].float().cpu().numpy().astype(np.float32).reshape(-1),
-                    "labels": out["labels"].cpu().numpy().astype(np.int64).reshape(-1),
-                }
+                results[int(tgt["image_id"])] = detection_entry(out, tgt)
     finally:
         net.train(was_training)
     if world > 1:

@@ -116,7 +116,7 @@ def train_from_config(cfg) -> dict[str, Any]:
     from omegaconf import DictConfig, OmegaConf
 
     from detkit.data.dataset import DetectionDataset
-    from detkit.data.transforms import build_transforms
+    from detkit.data.transforms import build_transforms, eval_transforms
     from detkit.engine.checkpoint import build_model
     from detkit.engine.evaluator import write_json
     from detkit.evaluation.detections import save_detections
@@ -149,7 +149,7 @@ def train_from_config(cfg) -> dict[str, Any]:
     names, cat_ids = list(train_data.class_names), list(train_data.category_ids)
     val_data = load_split(data_cfg, "val", names) if conf.get("eval_every") else None
     tf = dict(data_cfg.get("transforms") or {})
-    test_tf = build_transforms(train=False, min_size=tf.get("min_size", 600), max_size=tf.get("max_size", 1000))
+    test_tf = eval_transforms(tf)
     # The same seed on every rank: DDP starts from identical weights (it also broadcasts them).
     random.seed(seed)
     np.random.seed(seed)

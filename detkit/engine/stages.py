@@ -72,11 +72,9 @@ def proposal_dataset(conf: dict, data, split: str, proposals: dict[int, np.ndarr
     if proposals is None:
         proposals = load_split_proposals(conf, data, split)
     from detkit.data.dataset import DetectionDataset
-    from detkit.data.transforms import build_transforms
+    from detkit.data.transforms import eval_transforms
 
-    tf = dict(conf["data"].get("transforms") or {})
-    test_tf = build_transforms(train=False, min_size=tf.get("min_size", 600), max_size=tf.get("max_size", 1000))
-    return DetectionDataset(data, test_tf, proposals=proposals)
+    return DetectionDataset(data, eval_transforms(conf["data"].get("transforms")), proposals=proposals)
 
 
 # ---------------------------------------------------------------------- regions of one image
@@ -250,7 +248,7 @@ def predict_with_proposals(model, dataset, *, device, batch_size: int = 1,
     """Detections (the evaluation contract, original-image pixels) of every image, computed on the
     dataset's proposals; also the mean seconds per image (proposal search excluded)."""
     from detkit.data.batch import ImageBatch
-    from detkit.engine.evaluator import to_original_coords
+    from detkit.engine.evaluator import detection_entry
 
     model.eval()
     results, seconds = {}, 0.0
@@ -266,11 +264,7 @@ def predict_with_proposals(model, dataset, *, device, batch_size: int = 1,
             torch.cuda.synchronize(device)
         seconds += time.perf_counter() - t0
         for out, (_, tgt) in zip(outputs, items):
-            boxes = to_original_coords(out["boxes"].float(), tgt["size"], tgt["orig_size"])
-            results[int(tgt["image_id"])] = {
-                "boxes": boxes.cpu().numpy().astype(np.float32).reshape(-1, 4),
-                "scores": out["scores"].float().cpu().numpy().astype(np.float32).reshape(-1),
-                "labels": out["labels"].cpu().numpy().astype(np.int64).reshape(-1)}
+            results[int(tgt["image_id"])] = detection_entry(out, tgt)
     return results, seconds / max(len(dataset), 1)
 
 

@@ -110,7 +110,6 @@ class OverFeat(nn.Module):
         self.pre_merge_top_n, self.detections_per_img = int(pre_merge_top_n), int(detections_per_img)
         self.train_on_difficult = bool(train_on_difficult)
         self.channels_last = bool(channels_last)
-        self._grid_sides: dict[int, int] = {}
         mean = torch.tensor(pixel_mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
         std = torch.tensor(pixel_std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
         self.register_buffer("pixel_mean", mean, persistent=False)
@@ -176,17 +175,11 @@ class OverFeat(nn.Module):
         windows = grid[None] / scale  # (N, M, 4) back in the batch's coordinates
         rows = torch.arange(gh, device=x.device)[:, None]
         cols = torch.arange(gw, device=x.device)[None, :]
-        own = torch.stack([((rows < self._grid_side(max(n0, r.shape[-2])))
-                            & (cols < self._grid_side(max(n0, r.shape[-1])))).reshape(-1) for r in resized])
+        own = torch.stack([((rows < self.net.grid_side(max(n0, r.shape[-2]), self.offset_pooling))
+                            & (cols < self.net.grid_side(max(n0, r.shape[-1]), self.offset_pooling))).reshape(-1)
+                           for r in resized])
         own &= self.centre_inside(windows, image_hw)
         return (logits.flatten(2).transpose(1, 2), deltas.flatten(2).transpose(1, 2), windows, own)
-
-    def _grid_side(self, n: int) -> int:
-        """Outputs along an axis of ``n`` input pixels (offsets interleaved), from the network."""
-        if n not in self._grid_sides:  # measured on meta tensors once per size
-            s = self.net.pool_stride if self.offset_pooling else 1
-            self._grid_sides[n] = s * (self.net._pooled_side(n) - self.net.window + 1)
-        return self._grid_sides[n]
 
     @staticmethod
     def centre_inside(windows: Tensor, image_hw: Tensor) -> Tensor:

@@ -63,6 +63,7 @@ class FullyConvNet(nn.Module):
         self.window = int(window)
         self.input_size = int(input_size)
         self.out_channels = int(out_channels)
+        self._pooled_sides: dict[int, int] = {}
         side = self._pooled_side(self.input_size)
         if side != self.window:
             raise ValueError(f"fully_conv.py: at the training input size {self.input_size} the pooled map is "
@@ -84,6 +85,13 @@ class FullyConvNet(nn.Module):
     def grid_step(self, offsets: bool) -> int:
         """Pixels between adjacent outputs: ``S``, or ``S / s`` with offset pooling."""
         return self.stride // self.pool_stride if offsets else self.stride
+
+    def grid_side(self, n: int, offsets: bool) -> int:
+        """Outputs along an axis of ``n >= input_size`` pixels: ``h - window + 1`` for the pooled
+        side ``h``, times ``s`` with offset pooling (the interleaved grid of :meth:`forward`)."""
+        if n not in self._pooled_sides:  # measured on meta tensors, once per size
+            self._pooled_sides[n] = self._pooled_side(n)
+        return (self.pool_stride if offsets else 1) * (self._pooled_sides[n] - self.window + 1)
 
     # --- size arithmetic, measured on the network itself ---
     def _pooled_side(self, n: int) -> int:
