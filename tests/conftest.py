@@ -10,8 +10,16 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+# Property-based tests (hypothesis): a fixed, derandomised profile, so CI runs the same examples
+# every time and stays within its budget; HYPOTHESIS_PROFILE=thorough searches longer by hand.
+settings.register_profile("ci", max_examples=60, derandomize=True, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("thorough", max_examples=2000, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("DETKIT_SHARED_DATA", REPO.parent / "shared" / "data"))

@@ -34,6 +34,7 @@ DEMO_OVERRIDES = [
     "backbone.norm=bn",
     "backbone_name=alexnet",
     f"run_dir={OUT / 'run'}",
+    "overwrite=true",  # each `make demo` trains the demo afresh
     "method.model.anchor_sizes=[32,64,128]",
     "solver.batch_size=4",
     "solver.max_iters=300",

@@ -27,7 +27,7 @@ def main(cfg: DictConfig) -> None:
 
     try:
         train_from_config(cfg)
-    except (NonFiniteLossError, CheckpointError, ValueError, OSError) as e:
+    except (NonFiniteLossError, CheckpointError, ValueError, OSError) as e:  # RunDirError is a ValueError
         # Expected failures (bad data, bad config, NaN loss): one clear line, no traceback.
         log.error("%s: %s", type(e).__name__, e)
         print(f"error: {e}", file=sys.stderr)
@@ -86,8 +86,23 @@ def rank_zero_outputs(argv: list[str]) -> list[str]:
     return argv
 
 
+def run_dir_message(overrides: list[str]) -> str | None:
+    """Why the run folder refuses this run (it holds a run and neither resume nor overwrite is set,
+    or resume's config differs): checked before Hydra writes its files into the folder."""
+    from detkit.engine.config import ConfigError, compose_run_config
+    from detkit.engine.run_guard import RunDirError, guard_run_dir
+
+    try:
+        guard_run_dir(compose_run_config([o for o in overrides if not o.startswith("hydra")]))
+    except ConfigError:
+        return None  # Hydra reports it
+    except RunDirError as e:
+        return str(e)
+    return None
+
+
 if __name__ == "__main__":
-    problem = unknown_key_message(sys.argv[1:])
+    problem = unknown_key_message(sys.argv[1:]) or run_dir_message(sys.argv[1:])
     if problem:  # before Hydra creates the run folder or any work starts
         print(f"error: {problem}", file=sys.stderr)
         sys.exit(1)

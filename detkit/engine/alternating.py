@@ -19,9 +19,12 @@ Files in ``run_dir``: ``step_<k>/`` is step k's ``Trainer`` folder (``last.pt``,
 inside the step, ``tb/``); steps 1 and 3 end by writing their RPN's proposals over the train split
 (``step_<k>/proposals_train.npz``, original-image pixels, the format of
 ``detkit.proposals.cache.write_proposals_file``); ``step_<k>.pt`` (written atomically when step k is
-over) is a whole Faster R-CNN checkpoint of that moment. A run skips every step whose
-``step_<k>.pt`` exists and continues inside the step it was in, whatever ``resume`` says (as
-``detkit.engine.stages``): delete the run folder to start over.
+over) is a whole Faster R-CNN checkpoint of that moment, with the fingerprint of the config keys
+that determine steps 1..k (:func:`step_fingerprint`). A resumed run (``resume=true``) reuses the steps
+whose fingerprint the current config still has and continues inside the step it was in (when that
+step's ``last.pt`` was trained under the same settings, its length aside); a changed setting
+recomputes its step and every later one, the log naming the keys (as ``detkit.engine.stages``).
+``overwrite=true`` starts over.
 
 Solver of step k: ``solver.*`` with the non-null keys of ``method.alternating.step_<k>``
 (configs/method/faster_rcnn.yaml). Cost in ``metrics.json`` (``detkit.engine.run``'s fields):
@@ -47,11 +50,16 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from detkit.engine.checkpoint import atomic_torch_save, load_checkpoint, load_model_weights, make_state
+from detkit.engine.run_guard import fingerprint, guard_run_dir, stale_keys
 from detkit.engine.trainer import Trainer
 
 log = logging.getLogger("detkit.alternating")
 
 STEPS = {1: "rpn", 2: "detector", 3: "rpn", 4: "detector"}
+# What the steps depend on (method.model's test-time keys and run-length keys excepted: run_guard).
+STEP_INPUTS = ("seed", "amp", "channels_last", "data", "backbone", "method.name", "method.model", "solver",
+               "method.alternating.proposals_per_image")
+STEP_NOT_INPUTS = ("data.val", "data.test", "data.proposals")
 TRAINER_KEYS = ("amp", "channels_last", "num_workers", "checkpoint_every", "keep_every", "log_every",
                 "skip_nonfinite", "progress", "tensorboard")
 
@@ -157,8 +165,45 @@ def step_solver(conf: dict, k: int) -> dict[str, Any]:
     return solver
 
 
-def run_step(k: int, model, dataset, conf: dict, run_dir: Path, device, names, cat_ids) -> dict[str, Any]:
-    """Step k's training with ``Trainer`` in ``run_dir/step_<k>`` (resumes inside the step).
+def step_fingerprint(conf: dict, k: int, *, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The config keys that determine step ``k`` (1..4) and the steps before it."""
+    include = (*STEP_INPUTS, *(f"method.alternating.step_{j}" for j in range(1, k + 1)))
+    return fingerprint(conf, include=include, exclude=(*STEP_NOT_INPUTS, *exclude))
+
+
+def _reusable_steps(conf: dict, run_dir: Path) -> int:
+    """The last step (0: none) whose ``step_<k>.pt`` the current config may reuse; logs why not the next."""
+    done = 0
+    for k in STEPS:
+        path = _step_path(run_dir, k)
+        if not path.is_file():
+            break
+        stale = stale_keys(load_checkpoint(path).get("step_fingerprint"), step_fingerprint(conf, k))
+        if stale:
+            shown = ", ".join(stale[:6]) + (f" (+{len(stale) - 6} more)" if len(stale) > 6 else "")
+            log.info("alternating step %d and every later step are computed again: the config changed (%s) since %s",
+                     k, shown, path)
+            break
+        done = k
+    return done
+
+
+def _step_resumable(conf: dict, k: int, path: Path) -> bool:
+    """Step k's own ``last.pt`` was trained under the current settings (its length aside)."""
+    if not path.is_file():
+        return False
+    length = ("solver.max_iters", "solver.max_time_s", f"method.alternating.step_{k}.max_iters")
+    stored = load_checkpoint(path).get("config") or {}
+    if stale_keys(step_fingerprint(stored, k, exclude=length), step_fingerprint(conf, k, exclude=length)):
+        log.info("alternating step %d starts over: %s was trained under other settings", k, path)
+        return False
+    return True
+
+
+def run_step(k: int, model, dataset, conf: dict, run_dir: Path, device, names, cat_ids, *,
+             resume: bool = True) -> dict[str, Any]:
+    """Step k's training with ``Trainer`` in ``run_dir/step_<k>`` (resumes inside the step when
+    ``resume`` and its ``last.pt`` was trained under the current settings).
 
     ``model`` is the Faster R-CNN being built; what is trained and what is fixed follows the
     module docstring. Returns the step's record (iterations, seconds, losses, what was trained).
@@ -185,7 +230,7 @@ def run_step(k: int, model, dataset, conf: dict, run_dir: Path, device, names, c
     trainer = Trainer(model=net, train_dataset=dataset, run_dir=run_dir / f"step_{k}", device=device,
                       seed=int(conf.get("seed", 0)), config=conf, class_names=names, category_ids=cat_ids,
                       **{key: conf[key] for key in TRAINER_KEYS if key in conf}, **solver)
-    summary = trainer.fit(resume=True)
+    summary = trainer.fit(resume=resume and _step_resumable(conf, k, run_dir / f"step_{k}" / "last.pt"))
     losses = [h["loss"] for h in trainer.history]
     return {"trained": "+".join(("trunk" if m is trunk else "rpn" if m is model.rpn else "roi_head") for m in parts),
             "iteration": summary["iteration"], "max_iters": trainer.max_iters, "batch_size": trainer.batch_size,
@@ -201,10 +246,11 @@ def _proposals_path(run_dir: Path, k: int) -> Path:
     return run_dir / f"step_{k}" / "proposals_train.npz"
 
 
-def train_alternating(cfg) -> dict[str, Any]:
-    """``tools/train.py method=faster_rcnn method.training=alternating``: steps 1-4 (skipping
-    finished ones), ``last.pt``, then the test split's ``metrics.json`` / ``detections.json`` as
-    ``detkit.engine.run.train_from_config`` writes them."""
+def train_alternating(cfg, *, start: str | None = None) -> dict[str, Any]:
+    """``tools/train.py method=faster_rcnn method.training=alternating``: steps 1-4 (reusing
+    finished ones on ``resume``), ``last.pt``, then the test split's ``metrics.json`` /
+    ``detections.json`` as ``detkit.engine.run.train_from_config`` writes them. ``start``:
+    :func:`detkit.engine.run_guard.guard_run_dir`'s answer (computed here when not given)."""
     from omegaconf import DictConfig, OmegaConf
 
     from detkit.data.dataset import DetectionDataset
@@ -224,6 +270,7 @@ def train_alternating(cfg) -> dict[str, Any]:
         raise ValueError(f"method.training must be 'joint' or 'alternating', got {training!r} "
                          "(configs/method/faster_rcnn.yaml)")
     ddp.require_one_process("method.training=alternating")
+    start = start or guard_run_dir(conf)
     if (conf.get("compile") or {}).get("enabled", False):
         log.warning("compile.enabled is ignored by the 4-step alternating training")
     if conf.get("eval_every"):
@@ -270,16 +317,19 @@ def train_alternating(cfg) -> dict[str, Any]:
             record["mean_proposals"] = float(np.mean([len(b) for b in props.values()]))
         record["seconds"] = record["train_seconds"] + record.get("proposal_seconds", 0.0)
         info[f"step_{k}"] = record
-        atomic_torch_save(make_state(model=model, iteration=record["iteration"], config=conf, class_names=names,
-                                     category_ids=cat_ids, metrics={"alternating": info}), _step_path(run_dir, k))
+        state = make_state(model=model, iteration=record["iteration"], config=conf, class_names=names,
+                           category_ids=cat_ids, metrics={"alternating": info})
+        state["step_fingerprint"] = step_fingerprint(conf, k)
+        atomic_torch_save(state, _step_path(run_dir, k))
         log.info("alternating step %d (%s) done in %.1f s -> %s", k, record["trained"], record["seconds"],
                  _step_path(run_dir, k))
 
-    done = max((k for k in STEPS if _step_path(run_dir, k).is_file()), default=0)
+    done = _reusable_steps(conf, run_dir) if start == "resume" else 0
     info: dict[str, Any] = {}
     model = None
     if done:
         model, info = load_step(done)
+        info = {key: v for key, v in info.items() if int(key.split("_")[1]) <= done}
         log.info("alternating steps 1-%d already done (%s): skipped", done, _step_path(run_dir, done))
         if progress:
             tqdm.write(f"alternating training: steps 1-{done} already done, skipped")
@@ -295,7 +345,8 @@ def train_alternating(cfg) -> dict[str, Any]:
             props = read_proposals_file(_proposals_path(run_dir, k - 1), train_data)
             dataset = DetectionDataset(train_data, train_tf, proposals=props)
         log.info("alternating step %d of 4: %s", k, STEPS[k])
-        finish(k, model, run_step(k, model, dataset, conf, run_dir, device, names, cat_ids), info)
+        finish(k, model, run_step(k, model, dataset, conf, run_dir, device, names, cat_ids,
+                                  resume=start == "resume"), info)
     model.to(device).eval()
     iteration = sum(int(r["iteration"]) for r in info.values())
     atomic_torch_save(make_state(model=model, iteration=iteration, config=conf, class_names=names,

@@ -12,6 +12,14 @@ A detkit checkpoint is a dict of tensors and plain containers only, so it loads 
 
 Writes are atomic (temp file in the same folder, ``fsync``, ``os.replace``): a crash mid-write
 leaves the previous ``last.pt`` intact, never a half-written file in its place.
+
+A stored config names code: Hydra's ``instantiate`` imports and calls every ``_target_`` in it.
+Checkpoints are what people download and share, so before a model is rebuilt from one
+(:func:`model_from_checkpoint`) its config is checked, and nothing in it is imported first: every
+``_target_`` must be one of detkit's own builders (:data:`CHECKPOINT_BUILDERS`), no other Hydra
+key (``_args_``, ``_partial_``, ...) may appear, and no string may hold an interpolation
+(``${...}``: resolvers are code too). Configs a user composes (command line, own YAML) keep Hydra's
+full power; only what is read from a file is held to the list.
 """
 from __future__ import annotations
 
@@ -32,8 +40,56 @@ VERSION = 1
 LAST = "last.pt"
 
 
+# Every builder configs/ names: what a checkpoint's config may ask to be imported and called.
+# (tests/engine/test_checkpoint_trust.py checks that this list and configs/ agree.)
+CHECKPOINT_BUILDERS = frozenset({
+    *(f"detkit.backbones.{m}.{f}" for m, fs in {
+        "alexnet": ("alexnet", "alexnet_backbone", "alexnet_tv", "alexnet_tv_backbone"),
+        "zfnet": ("zfnet", "zfnet_backbone"),
+        "vgg": ("vgg16", "vgg16_backbone"),
+        "googlenet": ("googlenet", "googlenet_backbone", "googlenet_tv", "googlenet_tv_backbone"),
+        "resnet": ("resnet50", "resnet50_backbone", "resnet101", "resnet101_backbone"),
+    }.items() for f in fs),
+    "detkit.methods.rcnn.RCNN", "detkit.methods.sppnet.SPPNet", "detkit.methods.overfeat.overfeat",
+    "detkit.methods.fast_rcnn.fast_rcnn", "detkit.methods.faster_rcnn.faster_rcnn",
+})
+
+
 class CheckpointError(ValueError):
-    """A checkpoint file is missing, corrupt, truncated, not a detkit checkpoint, or does not fit."""
+    """A checkpoint file is missing, corrupt, truncated, not a detkit checkpoint, does not fit, or
+    its stored config names code that is not one of detkit's builders."""
+
+
+def check_stored_config(config: Any, *, source: str = "checkpoint") -> None:
+    """Refuse a config read from a file unless it can only call detkit's builders (module docstring).
+
+    Nothing is imported: the check reads the plain containers only.
+
+    Raises:
+        CheckpointError: naming the key and what it holds.
+    """
+    def walk(node: Any, path: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                where = f"{path}.{key}" if path else str(key)
+                if key == "_target_":
+                    if not isinstance(value, str) or value not in CHECKPOINT_BUILDERS:
+                        raise CheckpointError(
+                            f"{source}: refusing to build the model: its config key {where!r} names {value!r}, "
+                            "which is not one of detkit's builders (a checkpoint may only name those; "
+                            "nothing was imported or run)")
+                elif isinstance(key, str) and key.startswith("_") and key.endswith("_"):
+                    raise CheckpointError(f"{source}: refusing to build the model: its config has the Hydra key "
+                                          f"{where!r}, which a detkit checkpoint never holds")
+                walk(value, where)
+        elif isinstance(node, (list, tuple)):
+            for i, value in enumerate(node):
+                walk(value, f"{path}[{i}]")
+        elif isinstance(node, str) and "${" in node:
+            raise CheckpointError(f"{source}: refusing to build the model: its config value {path!r} holds an "
+                                  f"interpolation ({node!r}); stored configs are resolved, so this one was edited")
+
+    walk(config, "")
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
@@ -285,6 +341,16 @@ def apply_overrides(config: dict[str, Any], overrides: Sequence[str], *, source:
     return cfg
 
 
+def _without_initial_weights(config: dict[str, Any]) -> dict[str, Any]:
+    """The config with ``backbone.weights`` (and its classifier's) set to ``None``: the checkpoint's
+    weights replace them anyway, and the file the run started from need not exist here."""
+    cfg = copy.deepcopy(config)
+    for node in (cfg.get("backbone"), (cfg.get("backbone") or {}).get("classifier")):
+        if isinstance(node, dict) and node.get("weights") is not None:
+            node["weights"] = None
+    return cfg
+
+
 def model_from_checkpoint(path: str | os.PathLike, overrides: Sequence[str] = ()) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the detector from the config stored in a checkpoint and load its weights.
 
@@ -301,10 +367,12 @@ def model_from_checkpoint(path: str | os.PathLike, overrides: Sequence[str] = ()
         raise CheckpointError(f"{path}: checkpoint stores no class names")
     if not ckpt.get("config"):
         raise CheckpointError(f"{path}: checkpoint stores no config; cannot rebuild the model")
+    check_stored_config(ckpt["config"], source=str(path))
     if overrides:
         ckpt["config"] = apply_overrides(ckpt["config"], overrides, source=str(path))
+        check_stored_config(ckpt["config"], source=f"{path} with overrides {list(overrides)}")
     try:
-        model = build_model(ckpt["config"], len(names))
+        model = build_model(_without_initial_weights(ckpt["config"]), len(names))
     except CheckpointError as e:
         raise CheckpointError(f"{path}: {e}") from e
     load_model_weights(model, ckpt["model"], source=str(path))

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from detkit.engine import distributed as ddp
 from detkit.engine.evaluator import score_detections, timed_predict
+from detkit.engine.run_guard import guard_run_dir
 from detkit.engine.trainer import Trainer, log
 
 def resolve_root(root: str | Path) -> Path:
@@ -122,17 +123,18 @@ def train_from_config(cfg) -> dict[str, Any]:
     from detkit.evaluation.detections import save_detections
 
     conf = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    start = guard_run_dir(conf)  # new | resume | overwrite; refuses to overwrite a run unasked
     # --- R-CNN / SPPNet: stage-wise training (fine-tune, SVMs, box regression), detkit.engine.stages
     if conf["method"].get("name") in ("rcnn", "sppnet"):
         from detkit.engine.stages import train_stages
         if (conf.get("compile") or {}).get("enabled", False):
             log.warning("compile.enabled is ignored by %s's stage-wise training", conf["method"]["name"])
-        return train_stages(conf)
+        return train_stages(conf, start=start)
     # --- end R-CNN / SPPNet
     # --- Faster R-CNN's 4-step alternating training (method.training=alternating), detkit.engine.alternating
     if conf["method"].get("training", "joint") != "joint":
         from detkit.engine.alternating import train_alternating
-        return train_alternating(conf)
+        return train_alternating(conf, start=start)
     # --- end alternating
     device = ddp.resolve_device(conf.get("device", "auto"))
     ddp.init_distributed(device)
@@ -171,7 +173,7 @@ def train_from_config(cfg) -> dict[str, Any]:
                                 "find_unused_parameters") if k in conf},
         **solver,
     )
-    summary = trainer.fit(resume=bool(conf.get("resume", False)))
+    summary = trainer.fit(resume=bool(conf.get("resume", False)) and start != "overwrite")
     test_cfg = dict(conf.get("test") or {})
     if test_cfg.get("enabled", True) and data_cfg.get("test"):
         test_data = load_split(data_cfg, "test", names)

@@ -11,8 +11,13 @@
                        ridge box regression, lambda = 1000 (``detkit.rcnn.bbox_regression``).
 
 Each stage ends by writing ``run_dir/stage<i>_<name>.pt`` atomically (a detkit checkpoint of the
-whole model); a run finds the last stage written, loads it, and goes on with the next one, so an
-interrupted run resumes where it stopped and a finished one skips to the test. Then ``last.pt``
+whole model, with the *fingerprint* of the config keys that determine it and the stages before it:
+:func:`stage_fingerprint`). A resumed run (``resume=true``) reuses the stages whose fingerprint the
+current config still has, loads the last of them, and goes on with the next one: an interrupted run
+continues where it stopped, a finished one skips to the test, and a changed setting (the SVMs' C,
+the box regression's lambda, ...) recomputes its stage and every later one, the log naming the keys
+that changed. Stage 1's trainer continues its own ``finetune/last.pt`` only when that was trained
+under the same settings (its length aside). Then ``last.pt``
 (for ``tools/infer.py`` / ``tools/eval.py``), the test split's ``detections.json`` and
 ``metrics.json``, as ``train_from_config`` writes them.
 
@@ -22,7 +27,8 @@ cached on disk); they reach the model through
 resize (no flip): the stages see every image at one scale, as the papers' feature caches did.
 
 Feature cache of stage 2 (``stages.svm.feature_cache``): ``memory``, ``disk`` (one float16 file per
-image in ``run_dir/cache/fc7/``, written atomically, reused by a resumed run) or ``auto`` (memory up
+image in ``run_dir/cache/fc7-<hash of stage 1's fingerprint>/``, written atomically, reused by a
+resumed run while stage 1 is the same) or ``auto`` (memory up
 to ``memory_limit_mb``). Its size, ``regions x D x 2`` bytes, is logged before anything is written.
 The SVM solver then holds all features on the model's device. Single process only (no DDP).
 
@@ -47,10 +53,21 @@ from torchvision.ops import box_iou
 from tqdm.auto import tqdm
 
 from detkit.engine.checkpoint import atomic_torch_save, load_checkpoint, load_model_weights, make_state
+from detkit.engine.run_guard import fingerprint, fingerprint_hash, guard_run_dir, stale_keys
 
 log = logging.getLogger("detkit.stages")
 
 STAGES = ("finetune", "svm", "bbox")
+# What the stages depend on (method.model's test-time keys and run-length keys excepted: run_guard).
+STAGE_INPUTS = ("seed", "amp", "channels_last", "data", "backbone", "method.name", "method.model")
+STAGE_NOT_INPUTS = ("data.val", "data.test", "data.proposals.cache_dir", "data.proposals.workers",
+                    "method.stages.svm.feature_cache", "method.stages.svm.memory_limit_mb")
+
+
+def stage_fingerprint(conf: dict, i: int, *, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The config keys that determine stage ``i`` (0-based) and the stages before it."""
+    include = (*STAGE_INPUTS, *(f"method.stages.{name}" for name in STAGES[: i + 1]))
+    return fingerprint(conf, include=include, exclude=(*STAGE_NOT_INPUTS, *exclude))
 
 
 def load_split_proposals(conf: dict, data, split: str) -> dict[int, np.ndarray]:
@@ -133,21 +150,54 @@ def _stage_path(run_dir: Path, i: int) -> Path:
 def _save_stage(model, run_dir: Path, i: int, info: dict, conf: dict, names, cat_ids, iteration: int) -> None:
     state = make_state(model=model, iteration=iteration, config=conf, class_names=names, category_ids=cat_ids,
                        metrics={"stage": STAGES[i], **info})
+    state["stage_fingerprint"] = stage_fingerprint(conf, i)
     atomic_torch_save(state, _stage_path(run_dir, i))
 
 
-def finetune(model, dataset, conf: dict, run_dir: Path, device, names, cat_ids) -> dict:
-    """Stage 1 with the generic ``Trainer`` (its own resumable ``run_dir/finetune/last.pt``)."""
+def _reusable_stages(conf: dict, run_dir: Path) -> int:
+    """Index of the last stage whose checkpoint the current config may reuse (-1: none), logging
+    why the next one (and all after it) will be computed again."""
+    done = -1
+    for i in range(len(STAGES)):
+        path = _stage_path(run_dir, i)
+        if not path.is_file():
+            break
+        stale = stale_keys(load_checkpoint(path).get("stage_fingerprint"), stage_fingerprint(conf, i))
+        if stale:
+            shown = ", ".join(stale[:6]) + (f" (+{len(stale) - 6} more)" if len(stale) > 6 else "")
+            log.info("stage %d (%s) and every later stage are computed again: the config changed (%s) since %s",
+                     i + 1, STAGES[i], shown, path)
+            break
+        done = i
+    return done
+
+
+def _finetune_resumable(conf: dict, path: Path) -> bool:
+    """Stage 1's own ``last.pt`` was trained under the current settings (its length aside)."""
+    if not path.is_file():
+        return False
+    length = ("method.stages.finetune.max_iters", "method.stages.finetune.max_time_s")
+    stored = load_checkpoint(path).get("config") or {}
+    if stale_keys(stage_fingerprint(stored, 0, exclude=length), stage_fingerprint(conf, 0, exclude=length)):
+        log.info("stage 1 starts over: %s was trained under other settings", path)
+        return False
+    return True
+
+
+def finetune(model, dataset, conf: dict, run_dir: Path, device, names, cat_ids, *, resume: bool = True) -> dict:
+    """Stage 1 with the generic ``Trainer`` (its own resumable ``run_dir/finetune/last.pt``,
+    continued when ``resume`` and it was trained under the current settings)."""
     from detkit.engine.trainer import Trainer
 
     ft = dict(conf["method"]["stages"]["finetune"])
     if int(ft.get("max_iters", 0)) <= 0:
         return {"iteration": 0}
+    resume = resume and _finetune_resumable(conf, run_dir / "finetune" / "last.pt")
     trainer = Trainer(model=model, train_dataset=dataset, run_dir=run_dir / "finetune", device=device,
                       seed=int(conf.get("seed", 0)), config=conf, class_names=names, category_ids=cat_ids,
                       **{k: conf[k] for k in ("amp", "num_workers", "checkpoint_every", "log_every", "progress",
                                               "tensorboard", "skip_nonfinite") if k in conf}, **ft)
-    summary = trainer.fit(resume=True)
+    summary = trainer.fit(resume=resume)
     losses = [h["loss"] for h in trainer.history]
     return {"iteration": summary["iteration"], "first_loss": losses[0] if losses else None,
             "last_loss": losses[-1] if losses else None, "train_seconds": summary["train_seconds"],
@@ -198,7 +248,8 @@ def fit_svms(model, dataset, conf: dict, run_dir: Path, device, progress: bool) 
 
     cfg = dict(conf["method"]["stages"]["svm"])
     model.eval()
-    table = _feature_table(model, dataset, device, cfg, run_dir / "cache" / "fc7", progress)
+    cache = run_dir / "cache" / f"fc7-{fingerprint_hash(stage_fingerprint(conf, 0))}"  # stage 1's features
+    table = _feature_table(model, dataset, device, cfg, cache, progress)
     feats = table["features"].to(device).float()
     scale = feature_scale(feats)
     neg_iou = float(cfg.pop("neg_iou", 0.3))
@@ -268,9 +319,11 @@ def predict_with_proposals(model, dataset, *, device, batch_size: int = 1,
     return results, seconds / max(len(dataset), 1)
 
 
-def train_stages(cfg) -> dict[str, Any]:
-    """``tools/train.py`` for R-CNN / SPPNet: stages 1-3 (skipping finished ones), ``last.pt``,
-    then the test split's ``metrics.json`` / ``detections.json`` like ``train_from_config``."""
+def train_stages(cfg, *, start: str | None = None) -> dict[str, Any]:
+    """``tools/train.py`` for R-CNN / SPPNet: stages 1-3 (reusing finished ones on ``resume``),
+    ``last.pt``, then the test split's ``metrics.json`` / ``detections.json`` like
+    ``train_from_config``. ``start``: :func:`detkit.engine.run_guard.guard_run_dir`'s answer
+    (computed here when not given)."""
     from omegaconf import DictConfig, OmegaConf
 
     from detkit.engine import distributed as ddp
@@ -283,6 +336,7 @@ def train_stages(cfg) -> dict[str, Any]:
     if "stages" not in conf["method"]:
         raise ValueError(f"method {conf['method'].get('name')!r} has no 'stages' node (configs/method/rcnn.yaml)")
     ddp.require_one_process(f"{conf['method'].get('name')}'s stage-wise training")
+    start = start or guard_run_dir(conf)
     device, progress = ddp.resolve_device(conf.get("device", "auto")), bool(conf.get("progress", True))
     seed, data_cfg, run_dir = int(conf.get("seed", 0)), conf["data"], Path(conf["run_dir"])
     random.seed(seed)
@@ -302,18 +356,18 @@ def train_stages(cfg) -> dict[str, Any]:
     test_set = proposal_dataset(conf, test_data, "test", test_props) if test_data is not None else None
     model = build_model(conf, len(names)).to(device)
 
-    done = max((i for i in range(len(STAGES)) if _stage_path(run_dir, i).is_file()), default=-1)
+    done = _reusable_stages(conf, run_dir) if start == "resume" else -1
     info: dict[str, Any] = {}
     if done >= 0:
         ckpt = load_checkpoint(_stage_path(run_dir, done))
         load_model_weights(model, ckpt["model"], source=str(_stage_path(run_dir, done)))
-        info = dict(ckpt.get("metrics", {}).get("stages", {}))
-        log.info("stages up to %s already done (%s)", STAGES[done], _stage_path(run_dir, done))
+        info = {k: v for k, v in dict(ckpt.get("metrics", {}).get("stages", {})).items() if k in STAGES[: done + 1]}
+        log.info("stages up to %s already done (%s): reused", STAGES[done], _stage_path(run_dir, done))
     for i in range(done + 1, len(STAGES)):
         t0 = time.perf_counter()
         log.info("stage %d (%s): %d training images", i + 1, STAGES[i], len(train_set))
         if i == 0:
-            result = finetune(model, train_set, conf, run_dir, device, names, cat_ids)
+            result = finetune(model, train_set, conf, run_dir, device, names, cat_ids, resume=start == "resume")
         elif i == 1:
             result = fit_svms(model, train_set, conf, run_dir, device, progress)
         else:

@@ -68,11 +68,10 @@ def voc_ap(recall: np.ndarray, precision: np.ndarray, use_07_metric: bool = True
     if recall.shape != precision.shape:
         raise ValueError(f"recall {recall.shape} and precision {precision.shape} differ in length")
     if use_07_metric:
-        ap = 0.0
-        for t in np.arange(0.0, 1.1, 0.1):
-            above = recall >= t
-            ap += (precision[above].max() if above.any() else 0.0) / 11.0
-        return float(ap)
+        # Summed, then divided once: the devkit's running ``ap + p / 11`` gives 1.0000000000000002
+        # for a perfect detector; this differs from it by rounding only and stays within [0, 1].
+        points = [precision[recall >= t].max() if (recall >= t).any() else 0.0 for t in np.arange(0.0, 1.1, 0.1)]
+        return float(sum(points) / 11.0)
     mrec = np.concatenate(([0.0], recall, [1.0]))
     mpre = np.concatenate(([0.0], precision, [0.0]))
     mpre = np.maximum.accumulate(mpre[::-1])[::-1]  # precision envelope

@@ -147,7 +147,7 @@ def test_killed_run_resumes_at_the_step_it_was_in(trained, monkeypatch):
         return real(k, *a, **kw)
 
     monkeypatch.setattr(alternating, "run_step", only_new)
-    train_from_config(conf)
+    train_from_config({**conf, "resume": True})
     assert ran == [3, 4] and {k: (run / f"step_{k}.pt").stat().st_mtime_ns for k in (1, 2)} == t
     assert _same(_sd(run, "step_2.pt"), _sd(run, "last.pt"), "backbone.trunk.")
 
@@ -171,3 +171,19 @@ def test_alternating_refuses_torchrun(monkeypatch):
     with pytest.raises(ValueError, match="runs in one process"):
         train_alternating({"method": {"name": "faster_rcnn", "training": "alternating"}, "data": {},
                            "run_dir": "unused"})
+
+
+def test_changed_step_setting_recomputes_that_step_and_later(trained, monkeypatch, caplog):
+    """A finished run resumed with step 3's learning rate changed: steps 1-2 reused, 3-4 trained again."""
+    tmp, conf, _ = trained
+    shutil.copytree(tmp / "run", tmp / "changed")
+    conf = {**conf, "run_dir": str(tmp / "changed"), "resume": True, "resume_changed_config": True,
+            "test": {**conf["test"], "enabled": False}}
+    conf["method"] = {**conf["method"], "alternating": {**conf["method"]["alternating"],
+                                                       "step_3": {"max_iters": None, "lr": 0.5, "milestones": None}}}
+    ran, real = [], alternating.run_step
+    monkeypatch.setattr(alternating, "run_step", lambda k, *a, **kw: ran.append(k) or real(k, *a, **kw))
+    with caplog.at_level("INFO", logger="detkit.alternating"):
+        train_from_config(conf)
+    assert ran == [3, 4]
+    assert "method.alternating.step_3.lr" in caplog.text

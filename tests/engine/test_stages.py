@@ -128,7 +128,7 @@ def test_rerun_skips_completed_stages(trained, monkeypatch):
     before = _mtimes(tmp / "run")
     for name in ("finetune", "fit_svms", "fit_bbox"):
         monkeypatch.setattr(stages, name, lambda *a, **k: pytest.fail("a completed stage ran again"))
-    summary = stages.train_stages(conf)
+    summary = stages.train_stages({**conf, "resume": True})
     assert _mtimes(tmp / "run") == before and summary["stages"]["svm"]["regions"] > 0
     assert load_checkpoint(tmp / "run" / "last.pt")["metrics"]["stages"]["bbox"]["examples"]
 
@@ -148,7 +148,7 @@ def test_kill_between_stages_resumes_at_next(trained, monkeypatch):
     assert stages._stage_path(run_dir, 0).is_file() and not stages._stage_path(run_dir, 1).exists()
     t1 = stages._stage_path(run_dir, 0).stat().st_mtime_ns
     monkeypatch.setattr(stages, "finetune", lambda *a, **k: pytest.fail("stage 1 ran again"))
-    stages.train_stages(conf)
+    stages.train_stages({**conf, "resume": True})
     assert stages._stage_path(run_dir, 0).stat().st_mtime_ns == t1
     assert stages._stage_path(run_dir, 1).is_file() and stages._stage_path(run_dir, 2).is_file()
 
@@ -166,7 +166,7 @@ def test_metrics_carry_timing_of_resumed_stages(trained):
         shutil.copy(stages._stage_path(tmp / "run", i), stages._stage_path(tmp / "timed", i))
     conf["data"]["test"] = conf["data"]["train"]  # the proposals file covers trainval
     conf["test"] = {"enabled": True, "coco": False, "batch_size": 2}
-    stages.train_stages(conf)
+    stages.train_stages({**conf, "resume": True})
     m = json.loads((tmp / "timed" / "metrics.json").read_text())
     recorded = {k: v["seconds"] for k, v in summary["stages"].items()}
     assert m["train_stage_seconds"] == pytest.approx(recorded)
@@ -183,3 +183,81 @@ def test_stages_refuse_torchrun(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ValueError, match="runs in one process"):
         train_stages({"method": {"name": "rcnn", "stages": {}}, "data": {}, "run_dir": "unused"})
+
+
+# ---------------------------------------------------------------- stale stages are recomputed
+def _copied_run(tmp, name):
+    """A copy of the finished run in ``tmp/name`` and a resuming config for it."""
+    import shutil
+    shutil.copytree(tmp / "run", tmp / name)
+    return {**make_conf(tmp, run=name), "resume": True, "resume_changed_config": True}
+
+
+def _which_ran(conf, monkeypatch):
+    ran = []
+    for name in ("finetune", "fit_svms", "fit_bbox"):
+        real = getattr(stages, name)
+        monkeypatch.setattr(stages, name, lambda *a, _n=name, _f=real, **k: ran.append(_n) or _f(*a, **k))
+    stages.train_stages(conf)
+    return ran
+
+
+def test_changed_svm_setting_recomputes_stages_2_and_3_only(trained, monkeypatch, caplog):
+    tmp, _, _ = trained
+    conf = _copied_run(tmp, "svm_changed")
+    conf["method"]["stages"]["svm"]["C"] = 0.01
+    with caplog.at_level("INFO", logger="detkit.stages"):
+        assert _which_ran(conf, monkeypatch) == ["fit_svms", "fit_bbox"]
+    assert "method.stages.svm.C" in caplog.text and "stage 2 (svm)" in caplog.text
+    stored = load_checkpoint(tmp / "svm_changed" / "stage3_bbox.pt")["stage_fingerprint"]
+    assert stored["method.stages.svm.C"] == 0.01
+
+
+def test_changed_bbox_setting_recomputes_stage_3_only(trained, monkeypatch):
+    tmp, _, _ = trained
+    conf = _copied_run(tmp, "bbox_changed")
+    conf["method"]["stages"]["bbox"]["lam"] = 10.0
+    assert _which_ran(conf, monkeypatch) == ["fit_bbox"]
+
+
+def test_changed_finetune_setting_recomputes_every_stage(trained, monkeypatch):
+    tmp, _, _ = trained
+    conf = _copied_run(tmp, "ft_changed")
+    conf["method"]["stages"]["finetune"]["lr"] = 0.02
+    assert _which_ran(conf, monkeypatch) == ["finetune", "fit_svms", "fit_bbox"]
+    # the old fine-tuning was not continued: stage 1 trained its 5 steps again from the start
+    assert load_checkpoint(tmp / "ft_changed" / "finetune" / "last.pt")["config"]["method"]["stages"][
+        "finetune"]["lr"] == 0.02
+
+
+def test_unchanged_config_recomputes_nothing(trained, monkeypatch):
+    tmp, _, _ = trained
+    conf = _copied_run(tmp, "same")
+    conf["test"] = {"enabled": False, "batch_size": 3}  # test-time and run-length keys do not count
+    conf["method"]["model"]["nms_thresh"] = 0.5
+    assert _which_ran(conf, monkeypatch) == []
+
+
+def test_rerun_without_resume_is_refused_and_overwrite_starts_over(trained, monkeypatch):
+    from detkit.engine.run_guard import RunDirError
+    tmp, _, _ = trained
+    conf = _copied_run(tmp, "again")
+    before = _mtimes(tmp / "again")
+    with pytest.raises(RunDirError, match="resume=true.*overwrite=true"):
+        stages.train_stages({**conf, "resume": False})
+    assert _mtimes(tmp / "again") == before
+    assert _which_ran({**conf, "resume": False, "overwrite": True}, monkeypatch) == ["finetune", "fit_svms", "fit_bbox"]
+
+
+def test_disk_feature_cache_follows_stage_1(trained, monkeypatch):
+    """The fc7 cache on disk belongs to one stage 1: a recomputed stage 1 gets a new cache folder."""
+    tmp, _, _ = trained
+    conf = _copied_run(tmp, "cache")
+    conf["method"]["stages"]["svm"]["feature_cache"] = "disk"
+    conf["method"]["stages"]["svm"]["C"] = 0.002
+    _which_ran(conf, monkeypatch)
+    first = sorted(p.name for p in (tmp / "cache" / "cache").iterdir())
+    conf["method"]["stages"]["finetune"]["lr"] = 0.005
+    _which_ran(conf, monkeypatch)
+    second = sorted(p.name for p in (tmp / "cache" / "cache").iterdir())
+    assert len(first) == 1 and len(second) == 2 and first[0] in second

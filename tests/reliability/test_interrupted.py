@@ -83,9 +83,13 @@ def test_resume_with_a_different_class_count_is_refused(reference, tmp_path):
     run_dir.mkdir()
     shutil.copy(ref_ckpt, run_dir / "last.pt")
     before = (run_dir / "last.pt").read_bytes()
-    # the data now has 2 classes, the checkpoint 4: its predictor weights cannot be loaded
+    # the data now has 2 classes, the checkpoint 4: the changed config is refused first ...
     r = run(train_cmd(run_dir, data, f"solver.max_iters={ITERS + 2}", "resume=true",
                       "data.class_names=[circle,cross]"))
+    assert r.returncode == 1 and "data.class_names" in r.stderr and "resume_changed_config" in r.stderr
+    # ... and, insisted on, its predictor weights cannot be loaded
+    r = run(train_cmd(run_dir, data, f"solver.max_iters={ITERS + 2}", "resume=true",
+                      "data.class_names=[circle,cross]", "resume_changed_config=true"))
     assert r.returncode == 1
     assert "last.pt: weights do not fit the model built from its config" in r.stderr
     assert "shape mismatch" in r.stderr and "Traceback" not in r.stderr
