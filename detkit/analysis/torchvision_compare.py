@@ -27,6 +27,9 @@ labels ``0..K-1``), so one benchmark loop drives both; :data:`TORCHVISION_PHASES
 from __future__ import annotations
 
 import copy
+import inspect
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -34,6 +37,7 @@ from torchvision.models.detection import FasterRCNN as TVFasterRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator as TVAnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor as TVPredictor
 from torchvision.models.detection.rpn import RPNHead as TVRPNHead
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign
 
 from detkit.analysis.benchmark import BenchmarkError
@@ -199,3 +203,126 @@ def ratios(detkit_result: dict, torchvision_result: dict) -> dict[str, float]:
         out["infer_throughput_speedup"] = (detkit_result["infer_throughput"]["images_per_s"]
                                            / torchvision_result["infer_throughput"]["images_per_s"])
     return out
+
+
+# --------------------------------------------------------------------------- the training twin
+# For an accuracy comparison the twin is torchvision's FasterRCNN *as its users build it* around
+# detkit's network: the same trunk and region head (copied, same initial weights), torchvision's own
+# RPN head, predictor and defaults everywhere else. Two defaults cannot be used as they are:
+# torchvision has no anchors for a single feature map (its default generator is one size per FPN
+# level), so the twin puts those five sizes on the one map; and its 512 sampled RoIs per image make
+# a CPU step several times slower for nothing, so the twin samples 128 (what torchvision users
+# commonly set for small data). Both are settings, overridable with ``settings=``.
+TWIN_ANCHOR_SIZES: tuple[int, ...] = (32, 64, 128, 256, 512)
+TWIN_ANCHOR_RATIOS: tuple[float, ...] = (0.5, 1.0, 2.0)
+TWIN_TRAIN_SETTINGS: dict[str, Any] = {"box_batch_size_per_image": 128}
+_TWIN_EXTRA_KEYS = ("anchor_sizes", "anchor_ratios", "roi_sampling_ratio")
+
+
+def torchvision_defaults() -> dict[str, Any]:
+    """torchvision ``FasterRCNN``'s keyword defaults, read from its signature (so a torchvision
+    release that changes them changes the twin with it)."""
+    skip = {"self", "backbone", "num_classes", "min_size", "max_size", "image_mean", "image_std", "kwargs"}
+    params = inspect.signature(TVFasterRCNN.__init__).parameters
+    return {k: p.default for k, p in params.items() if k not in skip and p.default is not None}
+
+
+def twin_settings(settings: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The training twin's settings: torchvision's defaults, the twin's two exceptions, then
+    ``settings`` (any ``FasterRCNN`` keyword, or ``anchor_sizes``, ``anchor_ratios``,
+    ``roi_sampling_ratio``).
+
+    Raises:
+        BenchmarkError: a key that is neither.
+    """
+    out = {**torchvision_defaults(), "anchor_sizes": TWIN_ANCHOR_SIZES, "anchor_ratios": TWIN_ANCHOR_RATIOS,
+           "roi_sampling_ratio": 2, "bbox_reg_weights": (10.0, 10.0, 5.0, 5.0), **TWIN_TRAIN_SETTINGS}
+    for key, value in dict(settings or {}).items():
+        if key not in out:
+            raise BenchmarkError(f"torchvision twin: unknown setting {key!r}; known: {', '.join(sorted(out))}")
+        out[key] = tuple(value) if isinstance(value, (list, tuple)) else value
+    return out
+
+
+class _KeepSize(GeneralizedRCNNTransform):
+    """torchvision's transform without its resize: the twin gets exactly the images (already
+    resized by detkit's data pipeline) that detkit's detector gets, so boxes come back unscaled."""
+
+    def resize(self, image: Tensor, target: dict[str, Tensor] | None = None):
+        return image, target
+
+
+def build_training_twin(detector: nn.Module, settings: Mapping[str, Any] | None = None) -> TorchvisionDetector:
+    """torchvision ``FasterRCNN`` around a copy of ``detector``'s trunk and region head.
+
+    Everything else is torchvision's: ``RPNHead``, ``FastRCNNPredictor`` (its own initialisation),
+    ``MultiScaleRoIAlign``, losses, sampling and post-processing, with :func:`twin_settings`.
+    Images are not resized again (:class:`_KeepSize`).
+
+    Raises:
+        BenchmarkError: ``detector`` is not a detkit Faster R-CNN, or an unknown setting.
+    """
+    if not all(hasattr(detector, a) for a in ("backbone", "rpn", "roi_head")):
+        raise BenchmarkError(f"the torchvision twin needs a Faster R-CNN (backbone, rpn, roi_head); "
+                             f"got {type(detector).__name__}")
+    s = twin_settings(settings)
+    bb = detector.backbone
+    anchors = TVAnchorGenerator(sizes=(tuple(s["anchor_sizes"]),), aspect_ratios=(tuple(s["anchor_ratios"]),))
+    kwargs = {k: v for k, v in s.items() if k not in _TWIN_EXTRA_KEYS}
+    model = TVFasterRCNN(
+        _Trunk(copy.deepcopy(bb.trunk), bb.out_channels), num_classes=None,
+        rpn_anchor_generator=anchors,
+        rpn_head=TVRPNHead(bb.out_channels, anchors.num_anchors_per_location()[0]),
+        box_roi_pool=MultiScaleRoIAlign(featmap_names=["0"], output_size=bb.roi_size,
+                                        sampling_ratio=int(s["roi_sampling_ratio"])),
+        box_head=_FlatHead(copy.deepcopy(bb.region_head)),
+        box_predictor=TVPredictor(bb.head_channels, detector.num_classes + 1),
+        **kwargs,
+    )
+    model.transform = _KeepSize(min_size=1, max_size=1, image_mean=list(bb.pixel_mean),
+                                image_std=list(bb.pixel_std))
+    model.to(detector.pixel_mean.device)
+    return TorchvisionDetector(model)
+
+
+def setting_differences(detector: nn.Module, settings: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Where a detkit Faster R-CNN and its training twin differ: ``[{"setting", "detkit",
+    "torchvision"}]``, one row per setting whose values are not the same (the comparison's table)."""
+    s = twin_settings(settings)
+    rpn, head = detector.rpn, detector.roi_head
+    gen = rpn.anchor_generator
+    lo, fg = head.matcher.thresholds
+    pool = getattr(head.roi_pool, "mode", "pool")
+    rows = [
+        ("anchor sizes", list(gen.sizes), list(s["anchor_sizes"])),
+        ("anchor ratios", list(gen.aspect_ratios), list(s["anchor_ratios"])),
+        ("RPN boxes before NMS (train / test)", [rpn.pre_nms_top_n[True], rpn.pre_nms_top_n[False]],
+         [s["rpn_pre_nms_top_n_train"], s["rpn_pre_nms_top_n_test"]]),
+        ("RPN proposals after NMS (train / test)", [rpn.post_nms_top_n[True], rpn.post_nms_top_n[False]],
+         [s["rpn_post_nms_top_n_train"], s["rpn_post_nms_top_n_test"]]),
+        ("RPN NMS IoU", rpn.nms_thresh, s["rpn_nms_thresh"]),
+        ("RPN IoU background / object", list(rpn.matcher.thresholds), [s["rpn_bg_iou_thresh"], s["rpn_fg_iou_thresh"]]),
+        ("RPN anchors per image, positive share", [rpn.batch_size_per_image, rpn.positive_fraction],
+         [s["rpn_batch_size_per_image"], s["rpn_positive_fraction"]]),
+        ("RPN anchors crossing the image border in training",
+         "ignored" if rpn.allowed_border == 0 else f"used within {rpn.allowed_border:g} px", "used"),
+        ("RoI features", f"RoI {'max pooling' if pool == 'pool' else 'Align'} {head.roi_pool.output_size}",
+         f"RoI Align {detector.backbone.roi_size} (sampling ratio {s['roi_sampling_ratio']})"),
+        ("RoIs per image, foreground share", [head.batch_size_per_image, head.positive_fraction],
+         [s["box_batch_size_per_image"], s["box_positive_fraction"]]),
+        ("RoI foreground IoU", fg, s["box_fg_iou_thresh"]),
+        ("RoI background IoU band", f"[{lo:g}, {fg:g})", f"[0, {s['box_bg_iou_thresh']:g})"),
+        ("RoI box loss smooth-L1 beta", head.smooth_l1_beta, 1.0 / 9),
+        ("box coder weights", list(head.box_coder.weights), list(s["bbox_reg_weights"])),
+        ("predictor initialisation", "N(0, 0.01) scores, N(0, 0.001) boxes", "PyTorch Linear default"),
+        ("test score threshold", head.score_thresh, s["box_score_thresh"]),
+        ("test NMS IoU", head.nms_thresh, s["box_nms_thresh"]),
+        ("detections per image", head.detections_per_img, s["box_detections_per_img"]),
+    ]
+    return [{"setting": n, "detkit": a, "torchvision": b} for n, a, b in rows if _norm(a) != _norm(b)]
+
+
+def _norm(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return [_norm(v) for v in value]
+    return round(float(value), 6) if isinstance(value, (int, float)) and not isinstance(value, bool) else value

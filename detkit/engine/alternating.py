@@ -258,7 +258,7 @@ def train_alternating(cfg, *, start: str | None = None) -> dict[str, Any]:
     from detkit.engine import distributed as ddp
     from detkit.engine.checkpoint import build_model
     from detkit.engine.evaluator import score_detections, timed_predict, write_json
-    from detkit.engine.run import load_split, prepare_data, run_facts, set_algorithms
+    from detkit.engine.run import fit_auto_anchors, load_split, prepare_data, run_facts, set_algorithms
     from detkit.evaluation.detections import save_detections
     from detkit.methods.faster_rcnn import FasterRCNN
     from detkit.proposals.cache import read_proposals_file, write_proposals_file
@@ -284,6 +284,7 @@ def train_alternating(cfg, *, start: str | None = None) -> dict[str, Any]:
     prepare_data(data_cfg)
     train_data = load_split(data_cfg, "train")
     names, cat_ids = list(train_data.class_names), list(train_data.category_ids)
+    fit_auto_anchors(conf, train_data)
     tf = dict(data_cfg.get("transforms") or {})
     min_size, max_size = tf.get("min_size", 600), tf.get("max_size", 1000)
     train_tf = build_transforms(train=True, **tf)

@@ -14,7 +14,7 @@ post-processing, conversion of the boxes to the original image), ``test_model_se
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +86,24 @@ def split_proposals(conf: dict, data, split: str) -> dict[str, Any]:
     return {"proposals": load_configured_proposals(spec, data, split=split)}
 
 
+def fit_auto_anchors(conf: dict, train_data) -> None:
+    """``method.model.anchor_sizes: auto`` -> sizes fitted to ``train_data``'s boxes at the training
+    scale (``detkit.proposals.anchor_fit``), written into ``conf`` (so checkpoints store them) and
+    logged. Other values are left alone."""
+    model = conf["method"].get("model") or {}
+    if model.get("anchor_sizes") != "auto":
+        return
+    from detkit.proposals.anchor_fit import box_sides, fit_anchor_sizes
+
+    tf = conf["data"].get("transforms") or {}
+    sides = box_sides(train_data, min_size=tf.get("min_size", 600), max_size=tf.get("max_size", 1000))
+    model["anchor_sizes"] = fit_anchor_sizes(sides)
+    if len(sides):
+        log.info("anchor sizes fitted to the %d training boxes (sqrt(w*h) at the training scale: 2nd-98th "
+                 "percentile %.0f-%.0f px): %s", len(sides), np.percentile(sides, 2), np.percentile(sides, 98),
+                 model["anchor_sizes"])
+
+
 def run_facts(device: torch.device) -> dict[str, Any]:
     """``{"machine": ..., "git": ...}`` of this process (the context every timing needs). Where
     the checkout has no ``.git`` (a copied tree), ``DETKIT_COMMIT`` in the environment names it."""
@@ -108,11 +126,13 @@ def set_algorithms(conf: dict) -> None:
         torch.backends.cudnn.benchmark = bool(conf.get("cudnn_benchmark", True))
 
 
-def train_from_config(cfg) -> dict[str, Any]:
+def train_from_config(cfg, *, wrap_model: Callable[[torch.nn.Module], torch.nn.Module] | None = None) -> dict[str, Any]:
     """Everything ``tools/train.py`` does: data, model, ``Trainer.fit``, final test evaluation.
 
     ``cfg`` is the composed config of ``configs/train.yaml`` (a ``DictConfig`` or plain dict).
     Writes ``run_dir/last.pt``, ``run_dir/metrics.json`` and ``run_dir/detections.json``.
+    ``wrap_model`` replaces the built detector by another following the same detector contract
+    (the accuracy comparison trains torchvision's twin of it with the same data, loop and test).
     """
     from omegaconf import DictConfig, OmegaConf
 
@@ -149,6 +169,7 @@ def train_from_config(cfg) -> dict[str, Any]:
     prepare_data(data_cfg)
     train_data = load_split(data_cfg, "train")
     names, cat_ids = list(train_data.class_names), list(train_data.category_ids)
+    fit_auto_anchors(conf, train_data)
     val_data = load_split(data_cfg, "val", names) if conf.get("eval_every") else None
     tf = dict(data_cfg.get("transforms") or {})
     test_tf = eval_transforms(tf)
@@ -157,6 +178,8 @@ def train_from_config(cfg) -> dict[str, Any]:
     np.random.seed(seed)
     torch.manual_seed(seed)
     model = build_model(conf, len(names))
+    if wrap_model is not None:
+        model = wrap_model(model)
     comp = dict(conf.get("compile") or {})
     if comp.pop("enabled", False):  # in place (nn.Module.compile): checkpoints keep their keys
         from detkit.engine.compile import compile_model

@@ -119,6 +119,7 @@ def guard_run_dir(conf: Mapping[str, Any]) -> str:
     if stored is not None and not conf.get("resume_changed_config", False):
         path, old = stored
         diffs = config_differences(old, dict(conf), ignore=RUN_LENGTH_KEYS)
+        diffs = [d for d in diffs if d[2] != "auto"]  # "auto" was resolved when the run started, and stored
         if diffs:
             listed = "; ".join(f"{k}: {o!r} -> {n!r}" for k, o, n in diffs[:8])
             more = f" (+{len(diffs) - 8} more)" if len(diffs) > 8 else ""

@@ -45,7 +45,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from detkit.engine import distributed as ddp
 from detkit.engine.checkpoint import CheckpointManager, load_checkpoint, load_model_weights, make_state, restore_rng_state
-from detkit.engine.evaluator import autocast_context, predict, proposal_kwargs, score_detections
+from detkit.engine.evaluator import autocast_context, predict, proposal_kwargs, resolve_amp, score_detections
 from detkit.engine.optim import build_optimizer, build_scheduler
 from detkit.engine.train_data import KeyedBatches, SeededSamples
 
@@ -76,7 +76,8 @@ class Trainer:
         lr, momentum, weight_decay, no_decay_norm_bias: SGD (``detkit.engine.optim``).
         schedule, milestones, gamma, warmup_iters, warmup_factor, min_lr_factor: the LR schedule.
         clip_grad_norm: clip the gradients' global L2 norm to this (``None``: no clipping).
-        amp: ``"none"``, ``"bf16"`` or ``"fp16"`` (fp16 uses a ``GradScaler``).
+        amp: ``"none"``, ``"bf16"``, ``"fp16"`` (with a ``GradScaler``) or ``"auto"`` (bf16 where
+            the device computes it natively: ``detkit.engine.evaluator.native_bf16``).
         channels_last: feed images in channels-last memory format (faster convs on GPUs).
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ...
         seed: data-order and augmentation seed.
@@ -112,11 +113,10 @@ class Trainer:
             raise ValueError(f"max_time_s must be positive seconds or None, got {max_time_s}")
         if schedule_clock == "time" and max_time_s is None:
             raise ValueError("schedule_clock='time' runs the LR schedule on the wall-clock budget: set max_time_s")
-        if amp not in ("none", "bf16", "fp16"):
-            raise ValueError(f"amp must be one of 'none', 'bf16', 'fp16', got {amp!r}")
         if len(train_dataset) == 0:
             raise ValueError("the training set is empty")
         self.device = device if isinstance(device, torch.device) else ddp.resolve_device(device)
+        amp = resolve_amp(amp, self.device)  # "auto": bf16 where the device has it natively
         ddp.init_distributed(self.device)
         self.run_dir = Path(run_dir)
         self.max_iters, self.batch_size, self.seed = int(max_iters), int(batch_size), int(seed)

@@ -130,7 +130,7 @@ def fast_rcnn_head(*, backbone: Backbone, num_classes: int, roi_pool_mode: str =
 
 def fast_rcnn(*, backbone: Backbone, num_classes: int, roi_pool_mode: str = "pool",
               batch_size_per_image: int = 64, positive_fraction: float = 0.25,
-              fg_iou_thresh: float = 0.5, bg_iou_thresh_lo: float = 0.1,
+              fg_iou_thresh: float = 0.5, bg_iou_thresh_lo: float = 0.1, smooth_l1_beta: float = 1.0,
               score_thresh: float = 0.05, nms_thresh: float = 0.3, detections_per_img: int = 100,
               train_on_difficult: bool = True, channels_last: bool = False, proposer: str | None = None,
               proposer_mode: str = "fast", proposer_max_side: int | None = 500, proposer_min_size: float = 20,
@@ -141,7 +141,7 @@ def fast_rcnn(*, backbone: Backbone, num_classes: int, roi_pool_mode: str = "poo
     head = fast_rcnn_head(backbone=backbone, num_classes=num_classes, roi_pool_mode=roi_pool_mode,
                           batch_size_per_image=batch_size_per_image, positive_fraction=positive_fraction,
                           fg_iou_thresh=fg_iou_thresh, bg_iou_thresh_lo=bg_iou_thresh_lo,
-                          score_thresh=score_thresh, nms_thresh=nms_thresh,
+                          smooth_l1_beta=smooth_l1_beta, score_thresh=score_thresh, nms_thresh=nms_thresh,
                           detections_per_img=detections_per_img)
     return FastRCNN(backbone=backbone, roi_head=head, num_classes=num_classes,
                     train_on_difficult=train_on_difficult, channels_last=channels_last, proposer=proposer,

@@ -61,16 +61,22 @@ def faster_rcnn(*, backbone: Backbone, num_classes: int,
                 rpn_pre_nms_top_n_train: int = 12000, rpn_pre_nms_top_n_test: int = 6000,
                 rpn_post_nms_top_n_train: int = 2000, rpn_post_nms_top_n_test: int = 300,
                 rpn_nms_thresh: float = 0.7, rpn_min_size: float = 1e-3,
+                rpn_allowed_border: float = 0.0,
                 roi_pool_mode: str = "pool",
                 roi_batch_size_per_image: int = 64, roi_positive_fraction: float = 0.25,
                 roi_fg_iou_thresh: float = 0.5, roi_bg_iou_thresh_lo: float = 0.1,
+                roi_smooth_l1_beta: float = 1.0,
                 box_score_thresh: float = 0.05, box_nms_thresh: float = 0.3,
                 box_detections_per_img: int = 100,
                 train_on_difficult: bool = True, channels_last: bool = False) -> FasterRCNN:
-    """Build Faster R-CNN with the paper's settings (DESIGN.md §4); a Hydra ``_target_``.
+    """Build Faster R-CNN with the paper's settings (Ren et al. 2015, Fast R-CNN for the head);
+    a Hydra ``_target_``.
 
     ``rpn_channels`` defaults to ``min(backbone.out_channels, 512)``: 512 for VGG-16 and the
-    wider trunks, 256 for ZF/AlexNet, as in the paper.
+    wider trunks, 256 for ZF/AlexNet, as in the paper. ``rpn_allowed_border``: anchors crossing
+    the image border by more than this many pixels are ignored in training (paper: 0; a large
+    value uses them all, as torchvision does). ``roi_smooth_l1_beta``: the head's box loss
+    (Fast R-CNN: 1; torchvision: 1/9).
     """
     anchors = AnchorGenerator(sizes=anchor_sizes, aspect_ratios=anchor_ratios, stride=backbone.stride)
     channels = rpn_channels if rpn_channels is not None else min(backbone.out_channels, 512)
@@ -81,12 +87,13 @@ def faster_rcnn(*, backbone: Backbone, num_classes: int,
         batch_size_per_image=rpn_batch_size_per_image, positive_fraction=rpn_positive_fraction,
         pre_nms_top_n_train=rpn_pre_nms_top_n_train, pre_nms_top_n_test=rpn_pre_nms_top_n_test,
         post_nms_top_n_train=rpn_post_nms_top_n_train, post_nms_top_n_test=rpn_post_nms_top_n_test,
-        nms_thresh=rpn_nms_thresh, min_size=rpn_min_size,
+        nms_thresh=rpn_nms_thresh, min_size=rpn_min_size, allowed_border=rpn_allowed_border,
     )
     head = fast_rcnn_head(backbone=backbone, num_classes=num_classes, roi_pool_mode=roi_pool_mode,
                           batch_size_per_image=roi_batch_size_per_image,
                           positive_fraction=roi_positive_fraction, fg_iou_thresh=roi_fg_iou_thresh,
-                          bg_iou_thresh_lo=roi_bg_iou_thresh_lo, score_thresh=box_score_thresh,
+                          bg_iou_thresh_lo=roi_bg_iou_thresh_lo, smooth_l1_beta=roi_smooth_l1_beta,
+                          score_thresh=box_score_thresh,
                           nms_thresh=box_nms_thresh, detections_per_img=box_detections_per_img)
     return FasterRCNN(backbone=backbone, rpn=rpn, roi_head=head, num_classes=num_classes,
                       train_on_difficult=train_on_difficult, channels_last=channels_last)

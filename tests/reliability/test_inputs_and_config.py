@@ -131,5 +131,5 @@ def test_bad_value_fails_before_training_listing_choices(tmp_path):
     data = make_data(tmp_path / "data", num_images=4)
     r = run(train_cmd(tmp_path / "run", data, "amp=fp8", "solver.max_iters=1"))
     assert r.returncode == 1
-    assert "amp must be one of 'none', 'bf16', 'fp16', got 'fp8'" in r.stderr and "Traceback" not in r.stderr
+    assert "amp must be one of 'none', 'bf16', 'fp16', 'auto', got 'fp8'" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "run" / "last.pt").exists()
