@@ -31,7 +31,6 @@ from pathlib import Path
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -76,69 +75,56 @@ def _out_names(paths: list[Path]) -> list[str]:
     return names
 
 
-def _load_batch(paths, transform):
-    """Read + resize; returns [(index, original image, resized (3,H,W) tensor)] and skipped paths."""
+def _read(paths):
+    """Read the images; returns [(index, (H, W, 3) uint8 image)] and the unreadable paths."""
     from detkit.data.images import read_image
 
     items, skipped = [], []
     for i, path in paths:
         try:
-            image = read_image(path)
+            items.append((i, read_image(path)))
         except (OSError, ValueError) as e:
             warnings.warn(f"{path}: skipped, cannot read it as an image ({e})", stacklevel=2)
             skipped.append(path)
-            continue
-        out = transform(image, np.zeros((0, 4), np.float32))
-        tensor = torch.from_numpy(np.require(out["image"], requirements=["C", "W"])).permute(2, 0, 1).contiguous()
-        items.append((i, image, tensor))
     return items, skipped
 
 
 def run(args: argparse.Namespace) -> dict:
-    from detkit.data.batch import ImageBatch
-    from detkit.data.transforms import eval_transforms
-    from detkit.engine.checkpoint import model_from_checkpoint
-    from detkit.engine.distributed import resolve_device
-    from detkit.engine.evaluator import to_original_coords
+    from detkit.engine.inference import detect
+    from detkit.predictor import load
     from detkit.visualization.draw import draw_detections, save_image
 
-    model, ckpt = model_from_checkpoint(args.checkpoint, args.override)
+    predictor = load(args.checkpoint, args.device, args.override)
     paths = collect_inputs(args.inputs)
-    names = list(ckpt["class_names"])
-    cat_ids = list(ckpt.get("category_ids") or range(1, len(names) + 1))
-    transform = eval_transforms((ckpt["config"].get("data") or {}).get("transforms"))
-    device = resolve_device(args.device)
-    model.to(device)
     if args.compile:
         from detkit.engine.compile import compile_model
 
-        compile_model(model, backend=args.compile_backend)  # in place; first batches compile
+        compile_model(predictor.model, backend=args.compile_backend)  # in place; first batches compile
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     out_names = _out_names(paths)
     entries, skipped, written = [], [], 0
     indexed = list(enumerate(paths))
-    with tqdm(total=len(paths), desc="infer", unit="img") as bar, torch.no_grad():
+    with tqdm(total=len(paths), desc="infer", unit="img") as bar:
         for start in range(0, len(indexed), args.batch_size):
             chunk = indexed[start : start + args.batch_size]
-            items, bad = _load_batch(chunk, transform)
+            items, bad = _read(chunk)
             skipped += bad
             if items:
-                batch = ImageBatch.from_images([t for _, _, t in items]).to(device)
-                outputs = model(batch)
-                for (i, image, tensor), det in zip(items, outputs):
+                outputs = detect(predictor.model, [im for _, im in items], predictor.transform,
+                                 device=predictor.device)
+                for (i, image), det in zip(items, outputs):
                     keep = det["scores"] >= args.score_threshold
-                    order = det["scores"][keep].argsort(descending=True)[: args.max_detections]
-                    boxes = to_original_coords(det["boxes"][keep][order].float(), tuple(tensor.shape[1:]),
-                                               image.shape[:2]).cpu().numpy()
-                    scores = det["scores"][keep][order].float().cpu().numpy()
-                    labels = det["labels"][keep][order].cpu().numpy()
-                    picture = draw_detections(image, boxes, labels, scores, names, score_threshold=args.score_threshold)
+                    order = np.argsort(-det["scores"][keep], kind="stable")[: args.max_detections]
+                    boxes, scores = det["boxes"][keep][order], det["scores"][keep][order]
+                    labels = det["labels"][keep][order]
+                    picture = draw_detections(image, boxes, labels, scores, predictor.class_names,
+                                              score_threshold=args.score_threshold)
                     save_image(out_dir / out_names[i], picture)
                     written += 1
-                    for b, s, lab in zip(boxes.tolist(), scores.tolist(), labels.tolist()):
-                        entries.append({"image_id": i, "category_id": int(cat_ids[lab]),
-                                        "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]], "score": float(s),
+                    for b, sc, lab in zip(boxes.tolist(), scores.tolist(), labels.tolist()):
+                        entries.append({"image_id": i, "category_id": int(predictor.category_ids[lab]),
+                                        "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]], "score": float(sc),
                                         "file_name": paths[i].name})
             bar.update(len(chunk))
     if written == 0:

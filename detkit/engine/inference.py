@@ -1,0 +1,69 @@
+"""The predict core: images in, detections in the images' own pixels out.
+
+One path from a picture to its boxes, shared by ``detkit.Predictor`` (``detkit.load``),
+``tools/infer.py`` and, through :func:`detection_entry`, the evaluator:
+
+1. :func:`test_input`: resize an ``(H, W, 3)`` uint8 RGB image with the run's test transform
+   (``detkit.data.transforms.eval_transforms``: the Fast R-CNN rule at the largest training
+   scale) -> ``(3, H', W')`` uint8 tensor;
+2. :func:`detect`: pad into an ``ImageBatch``, run the detector (eval mode, no gradients, the
+   run's autocast), and map every box back to its image's original pixels
+   (:func:`detkit.engine.evaluator.detection_entry`).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from detkit.engine.evaluator import autocast_context, detection_entry
+
+
+def test_input(image: np.ndarray, transform, boxes: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(H, W, 3)`` uint8 RGB -> the ``(3, H', W')`` uint8 tensor the detector sees, and ``boxes``
+    (``(P, 4)`` in the image's pixels, e.g. given proposals) through the same transform, as
+    ``DetectionDataset`` moves a data set's proposals (those it drops, below one pixel, are gone)."""
+    given = np.zeros((0, 4), np.float32) if boxes is None else np.asarray(boxes, np.float32).reshape(-1, 4)
+    out = transform(image, given)
+    tensor = torch.from_numpy(np.require(out["image"], requirements=["C", "W"])).permute(2, 0, 1).contiguous()
+    return tensor, (None if boxes is None else torch.from_numpy(np.asarray(out["boxes"], np.float32).reshape(-1, 4)))
+
+
+@torch.no_grad()
+def detect(model: nn.Module, images: Sequence[np.ndarray], transform, *, device: torch.device | str = "cpu",
+           amp: str = "none", channels_last: bool = False,
+           proposals: Sequence[np.ndarray] | None = None) -> list[dict[str, np.ndarray]]:
+    """Detections of each ``(H, W, 3)`` uint8 RGB image, in that image's pixels.
+
+    Args:
+        model: a detector in eval mode (the detector contract: ``model(ImageBatch)`` -> one
+            ``{"boxes", "scores", "labels"}`` per image, in the batch's pixels).
+        images: one batch of images (any sizes).
+        transform: the run's test transform (``eval_transforms``).
+        proposals: given boxes (R-CNN, SPPNet, Fast R-CNN), one ``(P_i, 4)`` xyxy array per image in
+            that image's pixels; ``None`` lets the model propose (or search) itself.
+
+    Returns:
+        one ``{"boxes": (D, 4) float32 xyxy, "scores": (D,) float32, "labels": (D,) int64}`` per
+        image, sorted as the model returned them (by score).
+    """
+    from detkit.data.batch import ImageBatch
+
+    device = torch.device(device)
+    if proposals is not None and len(proposals) != len(images):
+        raise ValueError(f"inference.py: {len(proposals)} proposal arrays for {len(images)} images")
+    pairs = [test_input(im, transform, None if proposals is None else proposals[i]) for i, im in enumerate(images)]
+    inputs = [t for t, _ in pairs]
+    batch = ImageBatch.from_images(inputs).to(device)
+    if channels_last:
+        batch.tensor = batch.tensor.contiguous(memory_format=torch.channels_last)
+    kwargs: dict[str, Any] = {}
+    if proposals is not None:
+        kwargs["proposals"] = [p.to(device) for _, p in pairs]
+    with autocast_context(device, amp):
+        outputs = model(batch, **kwargs)
+    return [detection_entry(out, {"size": tuple(t.shape[1:]), "orig_size": im.shape[:2]})
+            for out, t, im in zip(outputs, inputs, images)]

@@ -1,0 +1,174 @@
+"""Detect objects in one call: ``detkit.load(checkpoint)`` -> a :class:`Predictor`.
+
+    import detkit
+    predictor = detkit.load("outputs/bccd-faster_rcnn-alexnet/last.pt")
+    dets = predictor("blood.jpg")                 # a path, PIL image, (H, W, 3) RGB array or (3, H, W) tensor
+    dets.boxes, dets.scores, dets.labels, dets.names   # boxes: (N, 4) xyxy in the image's own pixels
+    picture = dets.draw(image)                    # (H, W, 3) uint8 with the boxes drawn
+
+Any of the five methods: the model is rebuilt from the config stored in the checkpoint (only
+detkit's own builders may be named there: ``detkit.engine.checkpoint``), images are resized with
+that run's test transform and the boxes come back in each image's original pixels
+(``detkit.engine.inference``, the path ``tools/infer.py`` and the evaluator share).
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["Detections", "Predictor", "load"]
+
+
+@dataclass
+class Detections:
+    """The objects found in one image.
+
+    Attributes:
+        boxes: ``(N, 4)`` float32, ``(x0, y0, x1, y1)`` in the original image's continuous pixels.
+        scores: ``(N,)`` float32, highest first.
+        labels: ``(N,)`` int64 indices into ``class_names``.
+        class_names: the checkpoint's classes.
+        category_ids: the external id of each class (COCO ids; ``1..K`` for VOC data).
+    """
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+    class_names: list[str]
+    category_ids: list[int]
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    @property
+    def names(self) -> list[str]:
+        """The class name of each detection."""
+        return [self.class_names[int(k)] for k in self.labels]
+
+    def to_coco(self, image_id: int) -> list[dict[str, Any]]:
+        """COCO results entries ``{"image_id", "category_id", "bbox": [x, y, w, h], "score"}``
+        (the detections file format of ``detkit.evaluation.detections``)."""
+        return [{"image_id": int(image_id), "category_id": int(self.category_ids[int(k)]),
+                 "bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])], "score": float(s)}
+                for b, s, k in zip(self.boxes, self.scores, self.labels)]
+
+    def draw(self, image, *, score_threshold: float = 0.0) -> np.ndarray:
+        """A copy of ``image`` (any input :meth:`Predictor.__call__` takes) with the boxes drawn."""
+        from detkit.visualization.draw import draw_detections
+
+        return draw_detections(as_rgb_array(image), self.boxes, self.labels, self.scores, self.class_names,
+                               score_threshold=score_threshold)
+
+
+class PredictorInputError(ValueError):
+    """An input the predictor cannot read as an image (the message names it)."""
+
+
+def as_rgb_array(x) -> np.ndarray:
+    """A path, PIL image, ``(H, W, 3)`` uint8 RGB array or ``(3, H, W)`` uint8 tensor -> ``(H, W, 3)`` uint8."""
+    if isinstance(x, (str, os.PathLike)):
+        from detkit.data.images import read_image
+        return read_image(str(x))
+    if isinstance(x, torch.Tensor):
+        if x.dtype != torch.uint8 or x.dim() != 3 or x.shape[0] != 3:
+            raise PredictorInputError(f"a tensor image must be (3, H, W) uint8 RGB, got {x.dtype} {tuple(x.shape)}")
+        return x.permute(1, 2, 0).contiguous().cpu().numpy()
+    if isinstance(x, np.ndarray):
+        if x.dtype != np.uint8 or x.ndim != 3 or x.shape[2] != 3:
+            raise PredictorInputError(f"an array image must be (H, W, 3) uint8 RGB, got {x.dtype} {x.shape}")
+        return x
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover - pillow is a dependency
+        Image = None
+    if Image is not None and isinstance(x, Image.Image):
+        return np.asarray(x.convert("RGB"))
+    raise PredictorInputError(f"cannot read a {type(x).__name__} as an image: give a path, a PIL image, "
+                              "an (H, W, 3) uint8 RGB array or a (3, H, W) uint8 tensor")
+
+
+class Predictor:
+    """A trained detector behind one call (detectron2's ``DefaultPredictor``, for the whole lineage).
+
+    Build it with :func:`load`. Attributes: ``model`` (the ``nn.Module``, eval mode, on ``device``),
+    ``config`` (the run config stored in the checkpoint, overrides applied), ``class_names``,
+    ``category_ids``, ``device``, ``amp``.
+    """
+
+    def __init__(self, model: nn.Module, config: dict[str, Any], class_names: Sequence[str], *,
+                 category_ids: Sequence[int] | None = None, device: torch.device | str = "cpu",
+                 amp: str = "none", batch_size: int = 4) -> None:
+        from detkit.data.transforms import eval_transforms
+
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.config = config
+        self.class_names = list(class_names)
+        self.category_ids = list(category_ids or range(1, len(self.class_names) + 1))
+        self.amp = amp
+        self.batch_size = max(1, int(batch_size))
+        self.transform = eval_transforms((config.get("data") or {}).get("transforms"))
+
+    def __call__(self, x, score_threshold: float | None = None, *, proposals=None) -> Detections | list[Detections]:
+        """Detect objects: one image -> a :class:`Detections`; a list -> a list of them.
+
+        Args:
+            x: a path, a PIL image, an ``(H, W, 3)`` uint8 RGB array, a ``(3, H, W)`` uint8 tensor,
+                or a list of these.
+            score_threshold: keep detections scoring at least this (``None``: all the model
+                returns, i.e. above its own test threshold).
+            proposals: for R-CNN, SPPNet and Fast R-CNN, your own region proposals: a ``(P, 4)``
+                xyxy array in the image's pixels (a list of them for a list of images); ``None``
+                runs the selective search the model was trained with on each image.
+        """
+        from detkit.engine.inference import detect
+
+        single = not isinstance(x, (list, tuple))
+        images = [as_rgb_array(im) for im in ([x] if single else x)]
+        given = None if proposals is None else ([proposals] if single else list(proposals))
+        if given is not None and len(given) != len(images):
+            raise PredictorInputError(f"{len(given)} proposal arrays for {len(images)} images")
+        out: list[Detections] = []
+        for start in range(0, len(images), self.batch_size):
+            chunk = images[start : start + self.batch_size]
+            props = None if given is None else given[start : start + self.batch_size]
+            for det in detect(self.model, chunk, self.transform, device=self.device, amp=self.amp, proposals=props):
+                keep = det["scores"] >= score_threshold if score_threshold is not None else slice(None)
+                out.append(Detections(det["boxes"][keep], det["scores"][keep], det["labels"][keep],
+                                      self.class_names, self.category_ids))
+        return out[0] if single else out
+
+    def __repr__(self) -> str:
+        method = (self.config.get("method") or {}).get("name", type(self.model).__name__)
+        return f"Predictor({method}, {len(self.class_names)} classes, device={self.device})"
+
+
+def load(checkpoint: str | os.PathLike, device: str | torch.device = "auto", overrides: Sequence[str] = (),
+         *, amp: str = "none", batch_size: int = 4) -> Predictor:
+    """A :class:`Predictor` for a detkit checkpoint (``run_dir/last.pt``) of any method.
+
+    Args:
+        checkpoint: the file.
+        device: ``"auto"`` (a GPU when there is one), ``"cpu"``, ``"cuda"``, ``"cuda:1"``.
+        overrides: ``KEY=VALUE`` test-time changes of the stored config, e.g.
+            ``["method.model.box_score_thresh=0.3"]`` (``detkit.engine.checkpoint.apply_overrides``).
+        amp: autocast at test time: ``"none"``, ``"bf16"``, ``"fp16"`` or ``"auto"``.
+        batch_size: images per forward pass when given a list.
+
+    Raises:
+        detkit.engine.checkpoint.CheckpointError: the file is missing, corrupt, not a detkit
+            checkpoint, names code that is not a detkit builder, or does not fit its config.
+    """
+    from detkit.engine.checkpoint import model_from_checkpoint
+    from detkit.engine.distributed import resolve_device
+
+    model, ckpt = model_from_checkpoint(Path(checkpoint), list(overrides))
+    return Predictor(model, ckpt["config"], ckpt["class_names"], category_ids=ckpt.get("category_ids"),
+                     device=resolve_device(str(device)), amp=amp, batch_size=batch_size)
