@@ -30,7 +30,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from detkit.analysis.machine import git_commit, machine_info  # noqa: E402
+from detkit.utils.provenance import git_commit, machine_info  # noqa: E402
 from detkit.rcnn.svm import LOSSES, feature_scale, train_svm  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

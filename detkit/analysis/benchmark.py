@@ -33,7 +33,8 @@ from torch import Tensor, nn
 # Phase maps (DETKIT_PHASES for Fast/Faster R-CNN, phase_map(model) for every method) live with
 # the other per-method knowledge in detkit.analysis.method_inputs.
 from detkit.analysis.method_inputs import DETKIT_PHASES, phase_map  # noqa: F401
-from detkit.analysis.machine import current_memory_mb, git_commit, machine_info, peak_memory_mb, reset_peak_memory  # noqa: F401
+from detkit.analysis.machine import current_memory_mb, peak_memory_mb, reset_peak_memory  # noqa: F401
+from detkit.utils.provenance import git_commit, machine_info  # noqa: F401
 from detkit.analysis.timing import COUNTERS, BenchmarkError, Clock, PhaseTimer, summarize  # noqa: F401
 from detkit.data.batch import ImageBatch
 

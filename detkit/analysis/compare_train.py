@@ -149,7 +149,7 @@ def _detkit_model(conf: dict[str, Any]):
     import copy
 
     from detkit.engine.checkpoint import build_model
-    from detkit.engine.run import fit_auto_anchors, load_split, prepare_data
+    from detkit.engine.setup import fit_auto_anchors, load_split, prepare_data
 
     conf = copy.deepcopy(conf)
     prepare_data(conf["data"])

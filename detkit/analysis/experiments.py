@@ -195,7 +195,7 @@ def _record(run: Run, work: Path, command: list[str], status: str, seconds: floa
 
 def runner_commit() -> dict[str, Any]:
     """The checkout's commit, or ``DETKIT_COMMIT`` from the environment where there is no ``.git``."""
-    from detkit.analysis.machine import git_commit
+    from detkit.utils.provenance import git_commit
 
     git = git_commit()
     if git.get("commit") is None and os.environ.get("DETKIT_COMMIT"):
@@ -304,7 +304,7 @@ def precompute_proposals(suite: dict[str, Any], groups: Sequence[str] | None = N
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from detkit.engine.run import load_split, prepare_data
+    from detkit.engine.setup import load_split, prepare_data
     from detkit.proposals.source import check_proposals_spec, prepare_proposals
 
     done: set[str] = set()

@@ -1,50 +1,13 @@
-"""The machine and memory side of a benchmark: hardware/software description, git commit, and
-peak memory (``torch.cuda.max_memory_allocated`` on a GPU; peak resident set size on the CPU).
+"""The memory side of a benchmark: peak memory (``torch.cuda.max_memory_allocated`` on a GPU; peak
+resident set size on the CPU). The machine and commit: ``detkit.utils.provenance``.
 """
 from __future__ import annotations
 
 import contextlib
-import os
-import platform
 import resource
-import subprocess
 from pathlib import Path
 
 import torch
-
-def machine_info(device: torch.device) -> dict:
-    """CPU model, cores, threads, GPU name, library versions (the context of every number)."""
-    import torchvision
-
-    cpu = platform.processor() or ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    info = {"cpu": cpu, "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "platform": platform.platform(), "python": platform.python_version(),
-            "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "device": str(device), "gpu": None, "cuda": torch.version.cuda}
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
-
-
-def git_commit(repo: str | os.PathLike | None = None) -> dict:
-    """``{"commit", "dirty"}`` of the checkout (read-only git calls; ``None`` outside git)."""
-    repo = Path(repo) if repo is not None else Path(__file__).resolve().parents[2]
-
-    def git(*args: str) -> str | None:
-        try:
-            out = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=20)
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return out.stdout.strip() if out.returncode == 0 else None
-
-    commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no") if commit else None
-    return {"commit": commit, "dirty": bool(status) if status is not None else None}
 
 
 def reset_peak_memory(device: torch.device) -> str:

@@ -258,7 +258,8 @@ def train_alternating(cfg, *, start: str | None = None) -> dict[str, Any]:
     from detkit.engine import distributed as ddp
     from detkit.engine.checkpoint import build_model
     from detkit.engine.evaluator import score_detections, timed_predict, write_json
-    from detkit.engine.run import fit_auto_anchors, load_split, prepare_data, run_facts, set_algorithms
+    from detkit.engine.setup import fit_auto_anchors, load_split, prepare_data, set_algorithms
+    from detkit.utils.provenance import run_facts
     from detkit.evaluation.detections import save_detections
     from detkit.methods.faster_rcnn import FasterRCNN
     from detkit.proposals.cache import read_proposals_file, write_proposals_file

@@ -329,7 +329,7 @@ def train_stages(cfg, *, start: str | None = None) -> dict[str, Any]:
     from detkit.engine import distributed as ddp
     from detkit.engine.checkpoint import build_model
     from detkit.engine.evaluator import score_detections, write_json
-    from detkit.engine.run import load_split, prepare_data
+    from detkit.engine.setup import load_split, prepare_data
     from detkit.evaluation.detections import save_detections
 
     conf = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
@@ -381,7 +381,7 @@ def train_stages(cfg, *, start: str | None = None) -> dict[str, Any]:
                                  category_ids=cat_ids, metrics={"stages": info}), run_dir / "last.pt")
     summary: dict[str, Any] = {"iteration": iteration, "stages": info, "checkpoint": str(run_dir / "last.pt")}
     if test_set is not None:
-        from detkit.engine.run import run_facts
+        from detkit.utils.provenance import run_facts
 
         wall = time.perf_counter()
         dets, sec = predict_with_proposals(model, test_set, device=device, progress=progress,

@@ -67,7 +67,7 @@ def trained(tmp_path_factory):
 
 
 def _regions(conf):
-    from detkit.engine.run import load_split
+    from detkit.engine.setup import load_split
     data = load_split(conf["data"], "train")
     return stages.proposal_dataset(conf, data, "train")
 

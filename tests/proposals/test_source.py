@@ -8,7 +8,7 @@ from detkit.data.images import read_image
 from detkit.data.record import DetectionData
 from detkit.data.synthetic import make_synthetic_voc
 from detkit.data.voc import load_voc
-from detkit.engine.run import split_proposals
+from detkit.engine.setup import split_proposals
 from detkit.proposals.cache import ProposalsError, write_proposals_file
 from detkit.proposals.selective_search import selective_search
 from detkit.proposals.source import check_proposals_spec, load_configured_proposals, prepare_proposals
