@@ -4,7 +4,6 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
-export NO_ALBUMENTATIONS_UPDATE = 1
 
 .PHONY: setup test demo clean
 setup: $(VENV)/.installed

@@ -1,17 +1,15 @@
-"""Import a script of ``tools/`` as a module, to call its functions in-process (a subprocess
-pays seconds of torch import)."""
+"""The command modules (``detkit.cli.<name>``, which ``detkit <name>`` and ``tools/<name>.py`` run),
+imported afresh so a test can call their functions in-process (a subprocess pays seconds of torch
+import) and patch them without touching other tests."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
+import importlib
+import sys
 from types import ModuleType
-
-TOOLS = Path(__file__).resolve().parents[1] / "tools"
 
 
 def load_tool(name: str) -> ModuleType:
-    """``tools/<name>.py`` loaded as a fresh module."""
-    spec = importlib.util.spec_from_file_location(f"detkit_tool_{name}", TOOLS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """``detkit.cli.<name>`` as a fresh module object."""
+    module_name = f"detkit.cli.{name}"
+    sys.modules.pop(module_name, None)
+    return importlib.import_module(module_name)

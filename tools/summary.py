@@ -1,74 +1,7 @@
-"""Print the per-layer summary of a backbone: shapes, parameters, multiply-adds, stride, RF.
-
-    python tools/summary.py backbone=alexnet input_size=227
-    python tools/summary.py backbone=vgg16 part=trunk input_size=[600,1000]
-    python tools/summary.py backbone=googlenet part=backbone backbone.norm=bn backbone.width=0.5
-
-Options: configs/summary.yaml; the backbone group and its layout: configs/backbone/*.yaml.
-"""
-from __future__ import annotations
-
-import os
+"""``detkit summary`` from a checkout: ``python tools/summary.py --help`` (detkit/cli/summary.py)."""
 import sys
 
-import hydra
-import torch
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
-
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-
-from detkit.analysis.summary import Summary, format_table, summarize, to_markdown  # noqa: E402
-
-PARTS = ("classifier", "trunk", "backbone")
-
-
-def _build(node: dict):
-    """Instantiate a builder node; without weights on the meta device (instant, shapes only)."""
-    if node.get("weights") is None:
-        try:
-            with torch.device("meta"):
-                return instantiate(node)
-        except (NotImplementedError, RuntimeError):
-            pass  # some builder step needs real tensors: build normally
-    return instantiate(node)
-
-
-def build_part(backbone_cfg: DictConfig, part: str):
-    """``(module, default input side)`` for ``part`` of the configured backbone.
-
-    The backbone node minus ``classifier`` builds the Backbone; ``classifier`` builds the whole
-    classification network (layout: configs/backbone/*.yaml).
-    """
-    if part not in PARTS:
-        raise ValueError(f"configs/summary.yaml: part must be one of {PARTS}, got {part!r}")
-    node = OmegaConf.to_container(backbone_cfg, resolve=True)
-    classifier = node.pop("classifier", None)
-    backbone = _build(node)
-    if part == "classifier":
-        if classifier is None:
-            raise ValueError("backbone config has no `classifier` node: cannot summarise part=classifier")
-        return _build(classifier), backbone.input_size
-    return (backbone.trunk if part == "trunk" else backbone), backbone.input_size
-
-
-def run(cfg: DictConfig) -> tuple[Summary, str]:
-    """The summary and its rendering for a composed summary config."""
-    model, default_size = build_part(cfg.backbone, cfg.part)
-    size = cfg.input_size if cfg.input_size is not None else default_size
-    if OmegaConf.is_list(size):
-        size = tuple(int(v) for v in size)
-    summary = summarize(model, size, depth=cfg.depth)
-    if cfg.format not in ("text", "markdown"):
-        raise ValueError(f"configs/summary.yaml: format must be text or markdown, got {cfg.format!r}")
-    return summary, format_table(summary) if cfg.format == "text" else to_markdown(summary)
-
-
-@hydra.main(config_path="../configs", config_name="summary", version_base=None)
-def main(cfg: DictConfig) -> None:
-    _, text = run(cfg)
-    sys.stdout.write(text)
-
+from detkit.cli.summary import main
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -11,12 +11,12 @@ A suite is a plain YAML file (OmegaConf, interpolation allowed; no Hydra)::
     groups:
       headline:
         - name: bccd-faster-vgg16bn     # unique in the suite; the run folder <work>/<name>
-          kind: train                   # train: tools/train.py <overrides> run_dir=<work>/<name>
+          kind: train                   # train: detkit train <overrides> run_dir=<work>/<name>
           budget_s: 300                 # declared wall-clock bound (start-up + training + test)
           overrides: ["${vars.bccd}", backbone=vgg16, solver.max_time_s=180]
           notes: the issue's headline run
         - {name: bench-vgg16, kind: benchmark, budget_s: 120, args: [--backbone, vgg16]}
-          # benchmark: tools/benchmark.py <args> --out <work>/<name>/benchmark.json
+          # benchmark: detkit benchmark <args> --out <work>/<name>/benchmark.json
 
 ``init_from: <run name>`` (train runs) starts a run from another run's ``last.pt`` (copied into
 its folder; the suite's train commands carry ``resume=true``), so a run that only changes test-time
@@ -39,6 +39,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from detkit.engine.config import CONFIG_DIR
 
 REPO = Path(__file__).resolve().parents[2]
 KINDS = ("train", "benchmark")
@@ -69,8 +71,8 @@ class Run:
         """The subprocess command line (run from the repository root)."""
         out = Path(work) / self.name
         if self.kind == "train":
-            return [python, "tools/train.py", *common, *self.args, f"run_dir={out}"]
-        return [python, "tools/benchmark.py", *common, *self.args, "--out", str(out / RESULT_FILE["benchmark"])]
+            return [python, "-m", "detkit", "train", *common, *self.args, f"run_dir={out}"]
+        return [python, "-m", "detkit", "benchmark", *common, *self.args, "--out", str(out / RESULT_FILE["benchmark"])]
 
 
 def _flatten(items: Any, where: str) -> list[str]:
@@ -219,7 +221,7 @@ def run_groups(suite: dict[str, Any], groups: Sequence[str], *, work: str | os.P
     if unknown:
         raise SuiteError(f"{suite['path']}: no group {unknown} (has {', '.join(suite['groups'])})")
     work, results = Path(work), Path(results)
-    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     start = time.monotonic()
     out: dict[str, dict[str, Any]] = {}
     total = sum(len(suite["groups"][g]) for g in groups)
@@ -291,8 +293,8 @@ def proposal_runs(suite: dict[str, Any], groups: Sequence[str] | None = None) ->
             continue
         for r in runs:
             method = next((a.split("=", 1)[1] for a in r.args if a.startswith("method=")), None)
-            if r.kind == "train" and method and (REPO / "configs/method" / f"{method}.yaml").is_file():
-                if OmegaConf.load(REPO / "configs/method" / f"{method}.yaml").get("requires_proposals"):
+            if r.kind == "train" and method and (CONFIG_DIR / "method" / f"{method}.yaml").is_file():
+                if OmegaConf.load(CONFIG_DIR / "method" / f"{method}.yaml").get("requires_proposals"):
                     picked.append(r)
     return picked
 
@@ -310,7 +312,7 @@ def precompute_proposals(suite: dict[str, Any], groups: Sequence[str] | None = N
     done: set[str] = set()
     for run in proposal_runs(suite, groups):
         overrides = [a for a in [*suite["common"]["train"], *run.args] if not a.startswith(("hydra", "run_dir"))]
-        with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
             cfg = compose("train", overrides=overrides)
         data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
         spec = check_proposals_spec(data_cfg.get("proposals"))

@@ -1,4 +1,4 @@
-"""The backbone contract every detector is built against (DESIGN.md §2-3).
+"""The backbone contract every detector is built against (a trunk shared by all regions, a region head per region).
 
 A classification network is split in two for detection:
 
@@ -78,7 +78,7 @@ class Backbone(nn.Module):
 
 
 def freeze(module: nn.Module) -> nn.Module:
-    """Stop gradients through ``module``'s parameters (frozen stages, DESIGN.md §3)."""
+    """Stop gradients through ``module``'s parameters (frozen stages)."""
     for p in module.parameters():
         p.requires_grad_(False)
     return module

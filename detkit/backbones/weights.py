@@ -1,4 +1,4 @@
-"""Loading ImageNet weights in torchvision's state-dict layout (DESIGN.md §3).
+"""Loading ImageNet weights in torchvision's state-dict layout.
 
 Two sources, one format:
 

@@ -22,7 +22,6 @@ indices select the other fields.
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -30,9 +29,8 @@ import cv2
 import numpy as np
 import torch.utils.data
 
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-import albumentations as A  # noqa: E402
-from albumentations.augmentations.geometric.resize import MaxSizeTransform  # noqa: E402
+import albumentations as A
+from albumentations.augmentations.geometric.resize import MaxSizeTransform
 
 # ColorJitter factors (torchvision semantics): brightness/contrast/saturation in [1-f, 1+f],
 # hue shift in [-h, h] of a full turn. Mild: strong jitter hurts on small data sets.

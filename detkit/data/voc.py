@@ -1,6 +1,6 @@
 """Pascal VOC loading: ``ImageSets/Main/<split>.txt`` + ``Annotations/<id>.xml`` -> ``DetectionData``.
 
-Layout read (``root`` is e.g. ``VOCdevkit/VOC2007`` or ``../shared/data/bccd``)::
+Layout read (``root`` is e.g. ``VOCdevkit/VOC2007`` or ``/path/to/bccd``)::
 
     root/ImageSets/Main/<split>.txt   one image id per line (first token of each line)
     root/Annotations/<id>.xml         <filename>, <size>, <object>s with <name>, <bndbox>,

@@ -1,4 +1,4 @@
-"""SGD and the learning-rate schedule of the Fast/Faster R-CNN papers (DESIGN.md §4).
+"""SGD and the learning-rate schedule of the Fast/Faster R-CNN papers (momentum 0.9, weight decay 5e-4).
 
 SGD with momentum 0.9 and weight decay 5e-4 (optionally none on normalisation weights and
 biases). The schedule is a multiplier ``f(t)`` of the base learning rate at iteration ``t``

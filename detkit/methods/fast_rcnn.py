@@ -136,7 +136,7 @@ def fast_rcnn(*, backbone: Backbone, num_classes: int, roi_pool_mode: str = "poo
               proposer_mode: str = "fast", proposer_max_side: int | None = 500, proposer_min_size: float = 20,
               proposer_max_proposals: int | None = None, proposer_base_k: int = 150, proposer_inc_k: int = 150,
               proposer_sigma: float = 0.8) -> FastRCNN:
-    """Build Fast R-CNN with the paper's settings (DESIGN.md §4); a Hydra ``_target_``.
+    """Build Fast R-CNN with the paper's settings (Girshick 2015); a Hydra ``_target_``.
     ``proposer*``: the built-in proposer for inference without given proposals (:class:`FastRCNN`)."""
     head = fast_rcnn_head(backbone=backbone, num_classes=num_classes, roi_pool_mode=roi_pool_mode,
                           batch_size_per_image=batch_size_per_image, positive_fraction=positive_fraction,

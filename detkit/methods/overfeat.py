@@ -1,6 +1,6 @@
 """OverFeat (Sermanet et al. 2014) as a detector: dense multi-scale windows of a fully
 convolutional classifier, offset max pooling, a class-specific box regression network, and
-greedy merging of the predicted boxes (DESIGN.md §2, §4; seeds 002, "7. OverFeat").
+greedy merging of the predicted boxes (Sermanet et al. 2014).
 
 No proposals: every output location of the fully convolutional network is a window of the
 network's training input size ``n0`` (227 AlexNet, 224 the others), on a grid with step

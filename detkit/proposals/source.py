@@ -36,7 +36,7 @@ from detkit.data.record import DetectionData
 __all__ = ["SELECTIVE_SEARCH_DEFAULTS", "check_proposals_spec", "load_configured_proposals", "prepare_proposals",
            "search_options"]
 
-# R-CNN's settings (DESIGN.md §4): fast mode on ~500-px images, boxes under 20 px removed;
+# R-CNN's settings (Girshick et al. 2014): fast mode on ~500-px images, boxes under 20 px removed;
 # OpenCV's graph segmentation defaults (k = 150, 300, 450; sigma 0.8), docs/rcnn_sppnet.md.
 SELECTIVE_SEARCH_DEFAULTS: dict[str, Any] = {
     "mode": "fast", "max_side": 500, "min_size": 20, "base_k": 150, "inc_k": 150, "sigma": 0.8,

@@ -1,6 +1,6 @@
 """Check that an install has what detkit needs: ``python -m detkit.utils.env_check``.
 
-Two traps are checked (DESIGN.md §6): OpenCV's plain and contrib wheels write the same ``cv2/``
+Two traps are checked: OpenCV's plain and contrib wheels write the same ``cv2/``
 folder, so selective search (``cv2.ximgproc``) disappears when the plain one is installed last;
 and a torchvision whose C++ ops do not match the installed torch fails at the first ``nms``.
 """

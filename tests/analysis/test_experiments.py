@@ -21,7 +21,7 @@ def test_load_suite_splices_vars_and_builds_commands(tmp_path):
     a, b = s["groups"]["g"]
     assert a.args == ["data=bccd", "data.root=.data/bccd", "solver.max_iters=3"] and a.budget_s == 10.0
     assert a.command(Path("w"), s["common"]["train"], "py") == [
-        "py", "tools/train.py", "progress=false", "data=bccd", "data.root=.data/bccd", "solver.max_iters=3",
+        "py", "-m", "detkit", "train", "progress=false", "data=bccd", "data.root=.data/bccd", "solver.max_iters=3",
         "run_dir=w/a"]
     assert b.command(Path("w"), s["common"]["benchmark"], "py")[-4:] == ["--batch", "2", "--out", "w/b/benchmark.json"]
 

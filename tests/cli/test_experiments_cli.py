@@ -48,7 +48,7 @@ def ran(tmp_path_factory):
 
 def test_time_budget_stops_training_and_metrics_have_the_cost(ran):
     timed = ran["first"]["runs"][0]
-    assert timed["status"] == "ok" and timed["command"].startswith(Path(sys.executable).name + " tools/train.py")
+    assert timed["status"] == "ok" and timed["command"].startswith(Path(sys.executable).name + " -m detkit train")
     m = timed["result"]
     assert m["stopped_by"] == "max_time_s" and 0 < m["iteration"] < 1000 and m["max_iters"] == 1000
     assert 2.0 <= m["train_seconds"] < 60

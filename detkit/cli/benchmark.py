@@ -1,0 +1,372 @@
+"""Benchmark a detector: training images/s, inference latency (batch 1) and throughput (batch N).
+
+    python tools/benchmark.py --method faster_rcnn --backbone vgg16 --input 600x1000 --batch 2 \\
+        --precision bf16 --channels-last --mode both --compare torchvision --out bench.json
+    python tools/benchmark.py --method faster_rcnn --backbone alexnet --width 0.5 --input 300x500 \\
+        --device cpu --compare torchvision --roi-mode align
+    python tools/benchmark.py --method fast_rcnn --backbone vgg16 --width 0.25 --proposals 2000
+    python tools/benchmark.py --methods rcnn sppnet overfeat fast_rcnn faster_rcnn --backbone vgg16 \
+        --input 600x1000 --precision bf16 --proposals 2000 --out five.json
+
+The model is built from configs/ (``configs/train.yaml`` composed with ``method=`` and
+``backbone=``, plus ``--set key=value`` Hydra overrides), so any method/backbone config works.
+``--methods`` builds several methods and times their batch-1 inference in one process on the
+same random images (test time per image; ``--set METHOD:key=value`` overrides one method only).
+Methods that take proposals (R-CNN, SPPNet, Fast R-CNN) get the same random given proposals, so
+the proposal search is excluded. What each number means: docs/performance.md and
+``detkit.analysis.benchmark``. Prints a table; ``--out`` writes every field as JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+
+import torch
+
+from detkit.engine.config import CONFIG_DIR
+from detkit.analysis.benchmark import (
+    DETKIT_PHASES, INFER_PHASES, PRECISIONS, TRAIN_PHASES, BenchmarkError, benchmark_detectors,
+    git_commit, machine_info, phase_map, relative_to_fastest)
+
+# 1.1: --methods (results keyed by method, "relative", "methods"; model_config {"backbone",
+# "methods"}); a --method run writes the same fields as 1.0.
+SCHEMA = "detkit-benchmark/1.1"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--method", default="faster_rcnn", help="configs/method/<name>.yaml")
+    p.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
+                   help="several methods (e.g. rcnn sppnet overfeat fast_rcnn faster_rcnn): batch-1 "
+                        "inference of each, in one process on the same images; replaces --method")
+    p.add_argument("--backbone", default="vgg16", help="configs/backbone/<name>.yaml")
+    p.add_argument("--width", type=float, default=None, help="backbone width multiplier")
+    p.add_argument("--norm", default=None, help="backbone normalisation (none, bn, gn, frozen_bn, ...)")
+    p.add_argument("--roi-mode", choices=("pool", "align"), default=None,
+                   help="RoI max pooling (paper) or RoI Align; default: the method config's")
+    p.add_argument("--num-classes", type=int, default=20, help="K object classes (VOC: 20)")
+    p.add_argument("--input", default="600x1000", help="HxW of the random images")
+    p.add_argument("--batch", type=int, default=None,
+                   help="training batch and inference throughput batch (default 2; 1 with --methods)")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="autocast dtype (fp32: none)")
+    p.add_argument("--channels-last", action="store_true", help="model and inputs in channels_last")
+    p.add_argument("--mode", choices=("train", "infer", "both"), default=None,
+                   help="default both; --methods measures inference only")
+    p.add_argument("--warmup", type=int, default=3, help="untimed calls before each measurement")
+    p.add_argument("--repeats", type=int, default=10, help="timed calls per measurement")
+    p.add_argument("--compare", choices=("torchvision",), default=None,
+                   help="also build torchvision's FasterRCNN as the same network and time it")
+    p.add_argument("--proposals", type=int, default=2000,
+                   help="random given proposals per image for R-CNN, SPPNet and Fast R-CNN (papers: ~2000)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:1")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
+                   help="torch.compile detkit's trunk, RPN head and region head in place "
+                        "(detkit.engine.compile); MODE: default, reduce-overhead, max-autotune, "
+                        "max-autotune-no-cudagraphs. Compilation happens in the warmup calls.")
+    p.add_argument("--compile-backend", default="inductor",
+                   help="torch.compile backend with --compile (inductor; eager/aot_eager to debug)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra Hydra override of configs/train.yaml (repeatable), "
+                        "e.g. --set method.model.rpn_post_nms_top_n_test=1000; with a METHOD: prefix "
+                        "it applies to that method only, e.g. --set sppnet:method.model.scales=null")
+    p.add_argument("--out", default=None, help="write the JSON result here")
+    return p.parse_args(argv)
+
+
+def parse_input(text: str) -> tuple[int, int]:
+    m = re.fullmatch(r"\s*(\d+)\s*[xX×]\s*(\d+)\s*", text)
+    if not m:
+        raise BenchmarkError(f"--input must be HxW (e.g. 600x1000), got {text!r}")
+    return int(m.group(1)), int(m.group(2))
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise BenchmarkError(f"--device {name}: CUDA is not available on this machine")
+        torch.cuda.set_device(device)  # events, streams and peak-memory stats of this GPU
+    return device
+
+
+def method_overrides(args: argparse.Namespace, method: str) -> list[str]:
+    """``--set`` overrides for ``method``: plain ones, and ``METHOD:key=value`` ones of this method."""
+    names = getattr(args, "methods", None) or [args.method]
+    out = []
+    for o in args.overrides:
+        head = o.split("=", 1)[0]
+        if ":" not in head:
+            out.append(o)
+            continue
+        prefix, rest = o.split(":", 1)
+        if prefix not in names:
+            raise BenchmarkError(f"--set {o}: {prefix!r} is not one of the benchmarked methods {names}")
+        if prefix == method:
+            out.append(rest)
+    return out
+
+
+def compose_config(args: argparse.Namespace, method: str | None = None) -> dict:
+    """``configs/train.yaml`` with the method/backbone choices -> ``{"method", "backbone", ...}``.
+
+    With ``--methods``, ``--roi-mode`` applies to the methods that have RoI pooling (Fast/Faster
+    R-CNN); with ``--method`` a method without it is an error (Hydra's).
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    method = method or args.method
+    overrides = [f"method={method}", f"backbone={args.backbone}",
+                 f"channels_last={str(bool(args.channels_last)).lower()}"]
+    if args.width is not None:
+        overrides.append(f"backbone.width={args.width}")
+    if args.norm is not None:
+        overrides.append(f"backbone.norm={args.norm}")
+    if args.roi_mode is not None and not getattr(args, "methods", None):
+        overrides.append(f"method.model.roi_pool_mode={args.roi_mode}")
+    overrides += method_overrides(args, method)
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+            cfg = compose("train", overrides=overrides)
+        out = {key: OmegaConf.to_container(cfg[key], resolve=True) for key in ("method", "backbone")}
+    except (HydraException, OmegaConfBaseException) as e:
+        raise BenchmarkError(f"configs/train.yaml with {overrides}: {str(e).splitlines()[0]}") from e
+    model = out["method"].get("model") or {}
+    if args.roi_mode is not None and getattr(args, "methods", None) and "roi_pool_mode" in model:
+        model["roi_pool_mode"] = args.roi_mode
+    return out
+
+
+def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
+    """Mode and batch defaults, which differ between ``--method`` and ``--methods``."""
+    if args.methods:
+        if args.mode not in (None, "infer"):
+            raise BenchmarkError(f"--methods measures test time (inference) only; got --mode {args.mode}")
+        if args.compare is not None:
+            raise BenchmarkError("--compare torchvision needs a single Faster R-CNN (--method faster_rcnn), "
+                                 "not --methods")
+        if len(set(args.methods)) != len(args.methods):
+            raise BenchmarkError(f"--methods lists a method twice: {args.methods}")
+        args.mode, args.batch = "infer", args.batch or 1
+    else:
+        args.mode, args.batch = args.mode or "both", args.batch or 2
+    return args
+
+
+def _setup(args: argparse.Namespace) -> tuple[tuple[int, int], torch.device]:
+    input_hw = parse_input(args.input)
+    device = pick_device(args.device)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    if args.num_classes < 1:
+        raise BenchmarkError(f"--num-classes must be >= 1, got {args.num_classes}")
+    return input_hw, device
+
+
+def run_methods(args: argparse.Namespace) -> dict:
+    """``--methods``: build every method (random weights), time batch-1 inference of all of them,
+    interleaved, on the same random images and given proposals; the full JSON result."""
+    from detkit.analysis.method_inputs import install_random_test_parts, proposal_source
+    from detkit.engine.checkpoint import build_model
+
+    input_hw, device = _setup(args)
+    models, info, configs, notes = {}, {}, {}, []
+    for i, name in enumerate(args.methods):
+        cfg = compose_config(args, name)
+        torch.manual_seed(args.seed + i)  # each method's random weights, reproducibly
+        model = build_model(cfg, args.num_classes).to(device)
+        installed = install_random_test_parts(model, generator=torch.Generator().manual_seed(args.seed + i))
+        if installed:
+            notes.append(f"{name}: untrained {' and '.join(installed)} set to random N(0, 0.01^2) values so "
+                         "the full test path (SVM scoring, box regression) runs.")
+        models[name] = (model, phase_map(model))
+        configs[name] = cfg["method"]
+        backbone_cfg = cfg["backbone"]
+        info[name] = {"proposals": proposal_source(model, args.proposals), "random_test_parts": installed,
+                      "roi_pool_mode": getattr(getattr(getattr(model, "roi_head", None), "roi_pool", None),
+                                               "mode", None)}
+    if args.compile is not None:
+        from detkit.engine.compile import compile_model, compiled_modules
+        for name, (model, _) in models.items():
+            compile_model(model, mode=None if args.compile == "default" else args.compile,
+                          backend=args.compile_backend)
+            notes.append(f"{name} compiled ({args.compile_backend}, mode {args.compile}): "
+                         f"{', '.join(compiled_modules(model)) or 'nothing'}")
+    results = benchmark_detectors(models, input_hw=input_hw, batch_size=args.batch, mode="infer",
+                                  precision=args.precision, warmup=args.warmup, repeats=args.repeats,
+                                  num_classes=args.num_classes, channels_last=args.channels_last,
+                                  num_proposals=args.proposals, seed=args.seed)
+    given = [n for n in models if info[n]["proposals"].startswith("given")]
+    own = {"RPN": "its RPN is timed (proposals phase)", "dense windows": "needs none (dense windows)"}
+    notes.append("Proposal search (selective search) excluded: "
+                 + (f"{', '.join(given)} got the same {args.proposals} random boxes per image, made before "
+                    "timing" if given else "no method takes given proposals")
+                 + "".join(f"; {n}: {own.get(info[n]['proposals'], 'its own')}" for n in models if n not in given)
+                 + ".")
+    if device.type == "cpu":
+        notes.append("CPU timings on a machine shared with other jobs vary from run to run; compare "
+                     "numbers from the same run only.")
+    return {
+        "schema": SCHEMA,
+        "settings": {**vars(args), "input_hw": list(input_hw), "device": str(device),
+                     "roi_pool_mode": {n: info[n]["roi_pool_mode"] for n in models}},
+        "model_config": {"backbone": backbone_cfg, "methods": configs},
+        "machine": machine_info(device),
+        "git": git_commit(),
+        "methods": info,
+        "results": results,
+        "relative": relative_to_fastest(results),
+        "ratios": {},
+        "notes": notes,
+    }
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Build, measure (and compare); the full JSON result."""
+    from detkit.analysis.torchvision_compare import ratios
+    from detkit.engine.checkpoint import build_model
+
+    resolve_defaults(args)
+    if args.methods:
+        return run_methods(args)
+    input_hw, device = _setup(args)
+    torch.manual_seed(args.seed)
+    cfg = compose_config(args)
+    model = build_model(cfg, args.num_classes).to(device)
+    common = dict(input_hw=input_hw, batch_size=args.batch, mode=args.mode, precision=args.precision,
+                  warmup=args.warmup, repeats=args.repeats, num_classes=args.num_classes,
+                  channels_last=args.channels_last, num_proposals=args.proposals, seed=args.seed)
+    notes = []
+    models = {"detkit": (model, DETKIT_PHASES)}
+    if args.compare == "torchvision":
+        from detkit.analysis.torchvision_compare import TORCHVISION_PHASES, build_torchvision_twin
+        # Built before any training step, so both start from the same weights.
+        models["torchvision"] = (build_torchvision_twin(model, input_hw), TORCHVISION_PHASES)
+        if model.roi_head.roi_pool.mode != "align":
+            notes.append("torchvision uses RoIAlign (aligned=False); detkit used RoI max pooling. "
+                         "Rerun with --roi-mode align for the like-for-like comparison.")
+        notes.append("torchvision's background RoIs are IoU in [0, 0.5); detkit's lower bound is "
+                     f"{model.roi_head.matcher.thresholds[0]} (cannot be set in torchvision).")
+    if args.compile is not None:
+        from detkit.engine.compile import compile_model, compiled_modules
+        # After the twin is built: torchvision's model is timed as its users run it, uncompiled.
+        compile_model(model, mode=None if args.compile == "default" else args.compile,
+                      backend=args.compile_backend)
+        notes.append(f"detkit compiled ({args.compile_backend}, mode {args.compile}): "
+                     f"{', '.join(compiled_modules(model))}"
+                     + ("; torchvision not compiled" if "torchvision" in models else "")
+                     + ". The first calls compile: use --warmup >= 3.")
+    results = benchmark_detectors(models, **common)
+    if device.type == "cpu":
+        notes.append("CPU timings on a machine shared with other jobs vary from run to run; compare "
+                     "numbers from the same run only.")
+    out = {
+        "schema": SCHEMA,
+        "settings": {**vars(args), "input_hw": list(input_hw), "device": str(device),
+                     "roi_pool_mode": model.roi_head.roi_pool.mode if hasattr(model, "roi_head") else None},
+        "model_config": cfg,
+        "machine": machine_info(device),
+        "git": git_commit(),
+        "results": results,
+        "ratios": ratios(results["detkit"], results["torchvision"]) if "torchvision" in results else {},
+        "notes": notes,
+    }
+    return out
+
+
+def _fmt(stats: dict) -> str:
+    return f"{stats['median']:9.1f} [{stats['q1']:.1f}-{stats['q3']:.1f}]"
+
+
+def _machine_line(result: dict) -> str:
+    s, m, git = result["settings"], result["machine"], result["git"]
+    return (f"device {s['device']} ({m['gpu'] or m['cpu']}, {m['cpu_cores']} cores, "
+            f"{m['torch_threads']} threads); torch {m['torch']}, torchvision {m['torchvision']}; "
+            f"commit {(git['commit'] or 'unknown')[:12]}{' (dirty)' if git['dirty'] else ''}")
+
+
+def format_methods_table(result: dict) -> str:
+    """``--methods``: one row per method (test time per image), phases as median ms, footnotes."""
+    s = result["settings"]
+    lines = [f"test time per image: {', '.join(s['methods'])} / {s['backbone']} (width {s['width'] or 1.0}), "
+             f"input {s['input']}, batch 1, {s['precision']}{', channels_last' if s['channels_last'] else ''}; "
+             f"warmup {s['warmup']}, repeats {s['repeats']}",
+             _machine_line(result), ""]
+    header = (f"{'method':<12} {'proposals':<18} {'ms/img median [IQR]':>28} {'x fastest':>9} {'RoIs/img':>9} "
+              f"{'dets/img':>8} {'peak MB':>8}  phases (median ms)")
+    lines += [header, "-" * len(header)]
+    for name, res in result["results"].items():
+        r = res["infer_latency"]
+        text = " ".join(f"{p}={r['phases_ms'][p]['median']:.1f}" for p in (*INFER_PHASES, "other"))
+        lines.append(f"{name:<12} {result['methods'][name]['proposals']:<18} {_fmt(r['total_ms']):>28} "
+                     f"{result['relative'][name]:9.2f} {r['rois_per_image']:9.1f} "
+                     f"{r.get('detections_per_image', 0.0):8.1f} {r['peak_memory_mb']:8.0f}  {text}")
+    for name, res in result["results"].items():
+        r = res.get("infer_throughput")
+        if r is not None and r["batch_size"] > 1:
+            lines.append(f"{name:<12} throughput (b{r['batch_size']}): {r['images_per_s']:.2f} img/s")
+    lines.append("")
+    lines += [f"note: {n}" for n in result["notes"]]
+    return "\n".join(lines) + "\n"
+
+
+def format_table(result: dict) -> str:
+    """The on-screen table: one block per model and measurement, phases as median ms."""
+    if result["settings"].get("methods"):
+        return format_methods_table(result)
+    s = result["settings"]
+    lines = [f"{s['method']} / {s['backbone']} (width {s['width'] or 1.0}), input {s['input']}, "
+             f"batch {s['batch']}, {s['precision']}{', channels_last' if s['channels_last'] else ''}, "
+             f"RoI {s['roi_pool_mode']}{', compiled (' + s['compile'] + ')' if s.get('compile') else ''}; "
+             f"warmup {s['warmup']}, repeats {s['repeats']}",
+             _machine_line(result), ""]
+    header = (f"{'model':<12} {'measurement':<21} {'total ms [IQR]':>24} {'img/s':>8} {'peak MB':>8} "
+              f"{'RoIs/img':>8} {'dets/img':>8}  phases (median ms)")
+    lines += [header, "-" * len(header)]
+    for name, res in result["results"].items():
+        for key in ("train", "infer_latency", "infer_throughput"):
+            if key not in res:
+                continue
+            r = res[key]
+            phases = TRAIN_PHASES if key == "train" else INFER_PHASES
+            text = " ".join(f"{p}={r['phases_ms'][p]['median']:.1f}" for p in (*phases, "other"))
+            label = f"{key} (b{r['batch_size']})"
+            dets = f"{r['detections_per_image']:8.1f}" if "detections_per_image" in r else f"{'-':>8}"
+            lines.append(f"{name:<12} {label:<21} {_fmt(r['total_ms']):>24} {r['images_per_s']:8.2f} "
+                         f"{r['peak_memory_mb']:8.0f} {r['rois_per_image']:8.1f} {dets}  {text}")
+    if result["ratios"]:
+        lines.append("")
+        lines += [f"detkit / torchvision {k}: {v:.3f}" for k, v in result["ratios"].items()]
+    lines += [f"note: {n}" for n in result["notes"]]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        result = run(args)
+    except (BenchmarkError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    sys.stdout.write(format_table(result))
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2))
+        print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""Detect objects in images with a trained checkpoint; write annotated pictures and detections.json.
+
+    python tools/infer.py --checkpoint outputs/bccd-faster_rcnn-vgg16/last.pt img.jpg photos/ "shots/*.png" \\
+        --out outputs/infer [--score-threshold 0.5] [--max-detections 100] [--device auto] [--batch-size 4] \\
+        [--compile] [--set method.model.merge=nms ...]
+
+The model is rebuilt from the config stored in the checkpoint (``hydra.utils.instantiate``) and
+images are resized with that config's test transform. ``--set KEY=VALUE`` (repeatable)
+changes that config's test-time settings first, e.g. OverFeat's ``method.model.merge=nms`` or
+Faster R-CNN's ``method.model.box_nms_thresh=0.5`` (the weights must still fit). Outputs in ``--out``:
+
+* ``<name>.jpg`` per image: the detections drawn (``detkit.visualization.draw``);
+* ``detections.json``: the detections file (``detkit.evaluation.detections``), one entry per box
+  ``{"image_id", "category_id", "bbox": [x, y, w, h] (original pixels), "score", "file_name"}``,
+  ``image_id`` the position in the input list and ``file_name`` the image's base name, so
+  ``tools/eval.py --detections`` can match the entries to a data set's images by name.
+
+Unreadable images are skipped with a warning; no images at all, or a checkpoint that cannot be
+read or does not fit its config, stop with a one-line error (exit status 2).
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+
+
+import numpy as np
+from tqdm.auto import tqdm
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+
+
+class InferError(ValueError):
+    """A problem with the command's inputs (reported as one line, exit status 2)."""
+
+
+def collect_inputs(inputs: list[str]) -> list[Path]:
+    """Image files from files, folders (their image files, sorted) and glob patterns, deduplicated."""
+    found: list[Path] = []
+    for item in inputs:
+        p = Path(item).expanduser()
+        if p.is_dir():
+            found += sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+        elif p.is_file():
+            found.append(p)  # named explicitly: tried whatever its extension
+        elif glob.has_magic(item):
+            found += sorted(Path(f) for f in glob.glob(os.path.expanduser(item), recursive=True)
+                            if Path(f).is_file() and Path(f).suffix.lower() in IMAGE_EXTENSIONS)
+        else:
+            raise InferError(f"{item}: no such file or folder")
+    seen, unique = set(), []
+    for f in found:
+        key = f.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(f)
+    if not unique:
+        raise InferError(f"no images found in {' '.join(inputs)} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
+    return unique
+
+
+def _out_names(paths: list[Path]) -> list[str]:
+    """``<stem>.jpg`` per input; repeated stems (same name in two folders) get ``_2``, ``_3``..."""
+    counts: dict[str, int] = {}
+    names = []
+    for p in paths:
+        counts[p.stem] = counts.get(p.stem, 0) + 1
+        names.append(f"{p.stem}.jpg" if counts[p.stem] == 1 else f"{p.stem}_{counts[p.stem]}.jpg")
+    return names
+
+
+def _read(paths):
+    """Read the images; returns [(index, (H, W, 3) uint8 image)] and the unreadable paths."""
+    from detkit.data.images import read_image
+
+    items, skipped = [], []
+    for i, path in paths:
+        try:
+            items.append((i, read_image(path)))
+        except (OSError, ValueError) as e:
+            warnings.warn(f"{path}: skipped, cannot read it as an image ({e})", stacklevel=2)
+            skipped.append(path)
+    return items, skipped
+
+
+def run(args: argparse.Namespace) -> dict:
+    from detkit.engine.inference import detect
+    from detkit.predictor import load
+    from detkit.visualization.draw import draw_detections, save_image
+
+    predictor = load(args.checkpoint, args.device, args.override)
+    paths = collect_inputs(args.inputs)
+    if args.compile:
+        from detkit.engine.compile import compile_model
+
+        compile_model(predictor.model, backend=args.compile_backend)  # in place; first batches compile
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out_names = _out_names(paths)
+    entries, skipped, written = [], [], 0
+    indexed = list(enumerate(paths))
+    with tqdm(total=len(paths), desc="infer", unit="img") as bar:
+        for start in range(0, len(indexed), args.batch_size):
+            chunk = indexed[start : start + args.batch_size]
+            items, bad = _read(chunk)
+            skipped += bad
+            if items:
+                outputs = detect(predictor.model, [im for _, im in items], predictor.transform,
+                                 device=predictor.device)
+                for (i, image), det in zip(items, outputs):
+                    keep = det["scores"] >= args.score_threshold
+                    order = np.argsort(-det["scores"][keep], kind="stable")[: args.max_detections]
+                    boxes, scores = det["boxes"][keep][order], det["scores"][keep][order]
+                    labels = det["labels"][keep][order]
+                    picture = draw_detections(image, boxes, labels, scores, predictor.class_names,
+                                              score_threshold=args.score_threshold)
+                    save_image(out_dir / out_names[i], picture)
+                    written += 1
+                    for b, sc, lab in zip(boxes.tolist(), scores.tolist(), labels.tolist()):
+                        entries.append({"image_id": i, "category_id": int(predictor.category_ids[lab]),
+                                        "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]], "score": float(sc),
+                                        "file_name": paths[i].name})
+            bar.update(len(chunk))
+    if written == 0:
+        raise InferError(f"none of the {len(paths)} inputs could be read as an image")
+    tmp = out_dir / ".detections.json.tmp"
+    tmp.write_text(json.dumps(entries))
+    os.replace(tmp, out_dir / "detections.json")
+    print(f"{written} image(s), {len(entries)} detection(s) -> {out_dir}"
+          + (f"; skipped {len(skipped)} unreadable: {', '.join(map(str, skipped))}" if skipped else ""))
+    return {"images": written, "detections": len(entries), "skipped": [str(p) for p in skipped]}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="a detkit checkpoint (RUN/last.pt)")
+    p.add_argument("inputs", nargs="+", help="image files, folders, glob patterns")
+    p.add_argument("--out", required=True, help="output folder for pictures and detections.json")
+    p.add_argument("--score-threshold", type=float, default=0.5, help="keep detections scoring at least this")
+    p.add_argument("--max-detections", type=int, default=100, help="most detections kept per image")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--batch-size", type=int, default=4, help="images per forward pass")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the trunk, RPN head and region head (detkit.engine.compile); "
+                        "pays off over many images of similar size")
+    p.add_argument("--compile-backend", default="inductor", help="torch.compile backend with --compile")
+    p.add_argument("--set", dest="override", action="append", default=[], metavar="KEY=VALUE",
+                   help="change the checkpoint's stored config before building the model, e.g. "
+                        "method.model.merge=nms (OverFeat) or method.model.box_score_thresh=0.3; repeatable")
+    args = p.parse_args(argv)
+    if args.batch_size < 1 or args.max_detections < 1:
+        p.error("--batch-size and --max-detections must be at least 1")
+    return args
+
+
+def main(argv=None) -> int:
+    from detkit.engine.checkpoint import CheckpointError
+    from detkit.engine.compile import CompileError
+
+    args = parse_args(argv)
+    warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n"
+    try:
+        run(args)
+    except (InferError, CheckpointError, CompileError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
