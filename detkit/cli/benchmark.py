@@ -14,7 +14,7 @@ The model is built from configs/ (``configs/train.yaml`` composed with ``method=
 same random images (test time per image; ``--set METHOD:key=value`` overrides one method only).
 Methods that take proposals (R-CNN, SPPNet, Fast R-CNN) get the same random given proposals, so
 the proposal search is excluded. What each number means: docs/performance.md and
-``detkit.analysis.benchmark``. Prints a table; ``--out`` writes every field as JSON.
+``detkit.analysis.benchmarking.benchmark``. Prints a table; ``--out`` writes every field as JSON.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from detkit.engine.config import CONFIG_DIR
-from detkit.analysis.benchmark import (
+from detkit.analysis.benchmarking.benchmark import (
     DETKIT_PHASES, INFER_PHASES, PRECISIONS, TRAIN_PHASES, BenchmarkError, benchmark_detectors,
     git_commit, machine_info, phase_map, relative_to_fastest)
 
@@ -177,7 +177,7 @@ def _setup(args: argparse.Namespace) -> tuple[tuple[int, int], torch.device]:
 def run_methods(args: argparse.Namespace) -> dict:
     """``--methods``: build every method (random weights), time batch-1 inference of all of them,
     interleaved, on the same random images and given proposals; the full JSON result."""
-    from detkit.analysis.method_inputs import install_random_test_parts, proposal_source
+    from detkit.analysis.benchmarking.method_inputs import install_random_test_parts, proposal_source
     from detkit.engine.checkpoint import build_model
 
     input_hw, device = _setup(args)
@@ -234,7 +234,7 @@ def run_methods(args: argparse.Namespace) -> dict:
 
 def run(args: argparse.Namespace) -> dict:
     """Build, measure (and compare); the full JSON result."""
-    from detkit.analysis.torchvision_compare import ratios
+    from detkit.analysis.benchmarking.torchvision_compare import ratios
     from detkit.engine.checkpoint import build_model
 
     resolve_defaults(args)
@@ -250,7 +250,7 @@ def run(args: argparse.Namespace) -> dict:
     notes = []
     models = {"detkit": (model, DETKIT_PHASES)}
     if args.compare == "torchvision":
-        from detkit.analysis.torchvision_compare import TORCHVISION_PHASES, build_torchvision_twin
+        from detkit.analysis.benchmarking.torchvision_compare import TORCHVISION_PHASES, build_torchvision_twin
         # Built before any training step, so both start from the same weights.
         models["torchvision"] = (build_torchvision_twin(model, input_hw), TORCHVISION_PHASES)
         if model.roi_head.roi_pool.mode != "align":

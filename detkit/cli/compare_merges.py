@@ -43,7 +43,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> list[dict]:
-    from detkit.analysis.merge_compare import compare_merges, dense_candidates, format_rows, require_overfeat
+    from detkit.analysis.benchmarking.merge_compare import compare_merges, dense_candidates, format_rows, require_overfeat
     from detkit.data.dataset import DetectionDataset
     from detkit.data.transforms import eval_transforms
     from detkit.data.voc import load_voc

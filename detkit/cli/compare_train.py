@@ -7,7 +7,7 @@
 
 Positional arguments are overrides of configs/train.yaml (as for tools/train.py). Every run trains
 for ``--budget`` seconds and is tested by detkit's evaluator; see docs/results.md and
-``detkit.analysis.compare_train``. Finished runs in ``--work`` are reused.
+``detkit.analysis.benchmarking.compare_train``. Finished runs in ``--work`` are reused.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import argparse
 import json
 import sys
 
-from detkit.analysis.compare_train import TORCHVISION, TWIN_OVERRIDES, Side, compare_train, parse_variant, to_markdown
+from detkit.analysis.benchmarking.compare_train import TORCHVISION, TWIN_OVERRIDES, Side, compare_train, parse_variant, to_markdown
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,8 +7,8 @@
     python tools/experiments.py report outputs/experiments/results --write docs/results.md \\
         --plot docs/speed_accuracy_bccd.png
 
-The library is ``detkit.analysis.experiments`` (suites, runs) and
-``detkit.analysis.results_report`` (tables, plot).
+The library is ``detkit.analysis.suite.experiments`` (suites, runs) and
+``detkit.analysis.suite.results_report`` (tables, plot).
 """
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import argparse
 import sys
 
 
-from detkit.analysis.experiments import SuiteError, load_suite, precompute_proposals, run_groups
-from detkit.analysis.results_report import ReportError, load_groups, plot_speed_accuracy, write_report
+from detkit.analysis.suite.experiments import SuiteError, load_suite, precompute_proposals, run_groups
+from detkit.analysis.suite.results_report import ReportError, load_groups, plot_speed_accuracy, write_report
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 
-from detkit.analysis.summary import Summary, format_table, summarize, to_markdown
+from detkit.analysis.architecture.summary import Summary, format_table, summarize, to_markdown
 
 PARTS = ("classifier", "trunk", "backbone")
 

@@ -128,7 +128,7 @@ def test_cli_methods_times_all_five_in_one_run(tmp_path):
         assert any(line.startswith(m + " ") for line in lines)
     assert "Proposal search (selective search) excluded" in proc.stdout
     # The experiments report reads the JSON as it reads a --method run's.
-    from detkit.analysis.results_report import bench_table
+    from detkit.analysis.suite.results_report import bench_table
     rows = bench_table([{"name": "five", "status": "done", "result": result}])
     assert sum("infer_latency (b1)" in r for r in rows) == 5
 

@@ -91,7 +91,7 @@ def test_report_cli_fills_markers_and_plots(ran, tmp_path):
 
 def test_proposals_command_fills_the_cache_train_py_reads(tmp_path):
     """`experiments.py proposals` computes exactly the caches a Fast R-CNN run of the suite loads."""
-    from detkit.analysis.experiments import load_suite, proposal_runs
+    from detkit.analysis.suite.experiments import load_suite, proposal_runs
     from detkit.engine.setup import load_split
     from detkit.proposals.source import load_configured_proposals
 

@@ -4,11 +4,11 @@ from pathlib import Path
 
 import pytest
 
-from detkit.analysis import results_report as rr
-from detkit.analysis.experiments import SuiteError, compact, load_suite, proposal_runs
+from detkit.analysis.suite import results_report as rr
+from detkit.analysis.suite.experiments import SuiteError, compact, load_suite, proposal_runs
 from tests._tools import load_tool
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def test_load_suite_splices_vars_and_builds_commands(tmp_path):

@@ -1,7 +1,7 @@
 """Stride and receptive field (RF) tracking through a forward pass, per spatial axis, in input pixels.
 
 Written by hand: no library in detkit's dependencies computes receptive fields. Used by
-:func:`detkit.analysis.summary.summarize`, which seeds the input tensor with :func:`pixel_grid`
+:func:`detkit.analysis.architecture.summary.summarize`, which seeds the input tensor with :func:`pixel_grid`
 and runs the model under :class:`Tracker` with module hooks calling :func:`window_rule`,
 :func:`window` and :func:`propagate`.
 

@@ -2,8 +2,8 @@
 
 Written by hand: no summary library is in detkit's dependencies (torchinfo and fvcore are not
 installed), and none of them reports receptive fields. This module holds the result types and the
-hook-driven pass; the stride/RF rules are in :mod:`detkit.analysis.receptive_field`, the text
-output (:func:`format_table`, :func:`to_markdown`, re-exported here) in :mod:`detkit.analysis.table`.
+hook-driven pass; the stride/RF rules are in :mod:`detkit.analysis.architecture.receptive_field`, the text
+output (:func:`format_table`, :func:`to_markdown`, re-exported here) in :mod:`detkit.analysis.architecture.table`.
 
 How each number is obtained (one forward pass of a ``(1, C, H, W)`` zero image, hooks on modules):
 
@@ -25,7 +25,7 @@ How each number is obtained (one forward pass of a ``(1, C, H, W)`` zero image, 
 * **Stride and receptive field (RF)**, per spatial axis, in input pixels, by the jump/RF
   recurrence of each convolution or pooling (module or functional), the maximum over branches
   where tensors meet (inception's concatenation, the residual addition); "—" where the spatial
-  axes are gone, "?" after a spatial op without a rule. Rules: :mod:`detkit.analysis.receptive_field`.
+  axes are gone, "?" after a spatial op without a rule. Rules: :mod:`detkit.analysis.architecture.receptive_field`.
 
 A :class:`~detkit.backbones.base.Backbone` is summarised in two parts: the trunk at the image size
 and the region head at ``(1, out_channels, roi_size, roi_size)``; the head's stride and RF are in
@@ -42,7 +42,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from torch.utils._pytree import tree_flatten
 
-from detkit.analysis.receptive_field import (
+from detkit.analysis.architecture.receptive_field import (
     RF,
     Tracker,
     per_axis,
@@ -53,7 +53,7 @@ from detkit.analysis.receptive_field import (
     window,
     window_rule,
 )
-from detkit.analysis.table import format_table, to_markdown
+from detkit.analysis.architecture.table import format_table, to_markdown
 
 __all__ = ["LayerRow", "Summary", "SummaryError", "format_table", "summarize", "to_markdown"]
 

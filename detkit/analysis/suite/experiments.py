@@ -42,7 +42,7 @@ from typing import Any
 
 from detkit.engine.config import CONFIG_DIR
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 KINDS = ("train", "benchmark")
 RESULT_FILE = {"train": "metrics.json", "benchmark": "benchmark.json"}
 SCHEMA = "detkit-experiments/1"

@@ -1,4 +1,4 @@
-"""Text output of a :class:`~detkit.analysis.summary.Summary`: aligned tables and GitHub markdown.
+"""Text output of a :class:`~detkit.analysis.architecture.summary.Summary`: aligned tables and GitHub markdown.
 
 One table per part (trunk and region head for a Backbone, else the model), with columns layer,
 type, output (C×H×W), params, trainable, MACs, stride, RF; totals under each. A value equal on
@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # only for annotations: summary.py imports this module
-    from detkit.analysis.summary import LayerRow, Summary
+    from detkit.analysis.architecture.summary import LayerRow, Summary
 
 __all__ = ["format_table", "to_markdown"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from detkit.analysis import summarize
+from detkit.analysis.architecture import summarize
 
 alexnet = pytest.importorskip("detkit.backbones.alexnet")
 vgg = pytest.importorskip("detkit.backbones.vgg")

@@ -40,10 +40,10 @@ from torchvision.models.detection.rpn import RPNHead as TVRPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign
 
-from detkit.analysis.benchmark import BenchmarkError
+from detkit.analysis.benchmarking.benchmark import BenchmarkError
 from detkit.data.batch import ImageBatch
 
-# Phase -> dotted paths on a TorchvisionDetector (see detkit.analysis.benchmark.PhaseTimer).
+# Phase -> dotted paths on a TorchvisionDetector (see detkit.analysis.benchmarking.benchmark.PhaseTimer).
 TORCHVISION_PHASES: dict[str, list[str]] = {
     "preprocess": ["to_torchvision", "model.transform"],
     "trunk": ["model.backbone"],

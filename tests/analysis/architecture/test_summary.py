@@ -1,4 +1,4 @@
-"""detkit.analysis.summary on tiny hand-built nets, against hand computations."""
+"""detkit.analysis.architecture.summary on tiny hand-built nets, against hand computations."""
 from __future__ import annotations
 
 import pytest
@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from detkit.analysis import SummaryError, format_table, summarize, to_markdown
+from detkit.analysis.architecture import SummaryError, format_table, summarize, to_markdown
 
 
 def test_single_conv_params_and_macs_by_hand():

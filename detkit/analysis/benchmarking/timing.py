@@ -1,6 +1,6 @@
 """Timing of model calls for the benchmark: sample statistics, the device clock, and
 :class:`PhaseTimer`, which times named phases of a call through forward hooks and wrapped methods
-(so the model files carry no timing code). Used by :mod:`detkit.analysis.benchmark`.
+(so the model files carry no timing code). Used by :mod:`detkit.analysis.benchmarking.benchmark`.
 """
 from __future__ import annotations
 

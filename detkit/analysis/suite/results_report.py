@@ -1,4 +1,4 @@
-"""From experiment-group JSONs (``detkit.analysis.experiments``) to docs: markdown tables placed
+"""From experiment-group JSONs (``detkit.analysis.suite.experiments``) to docs: markdown tables placed
 between markers in docs/results.md, and a speed-accuracy plot.
 
 Markers (one pair per group; the text between them is replaced, the rest of the file kept)::

@@ -7,8 +7,8 @@ import pytest
 import torch
 from torchvision.models.detection import FasterRCNN as TVFasterRCNN
 
-from detkit.analysis import compare_train as ct
-from detkit.analysis.torchvision_compare import build_training_twin, setting_differences, twin_settings
+from detkit.analysis.benchmarking import compare_train as ct
+from detkit.analysis.benchmarking.torchvision_compare import build_training_twin, setting_differences, twin_settings
 from detkit.data.batch import ImageBatch
 from detkit.engine.checkpoint import build_model
 from detkit.engine.config import compose_run_config

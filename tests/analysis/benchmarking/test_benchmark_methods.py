@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from detkit.analysis.benchmark import (
+from detkit.analysis.benchmarking.benchmark import (
     INFER_PHASES, BenchmarkError, PhaseTimer, benchmark_detectors, phase_map, random_batch, random_boxes,
     relative_to_fastest)
-from detkit.analysis.method_inputs import (
+from detkit.analysis.benchmarking.method_inputs import (
     DETKIT_PHASES, OVERFEAT_PHASES, RCNN_PHASES, SPPNET_PHASES, install_random_test_parts, method_kind,
     proposal_source)
 from detkit.backbones.alexnet import alexnet, alexnet_backbone
@@ -19,7 +19,7 @@ from detkit.methods.fast_rcnn import fast_rcnn
 from detkit.methods.overfeat import overfeat
 from detkit.methods.rcnn import RCNN
 from detkit.methods.sppnet import SPPNet
-from tests.analysis._fake_clock import FakeClock
+from tests.analysis.benchmarking._fake_clock import FakeClock
 
 HW = (64, 96)
 

@@ -1,4 +1,4 @@
-"""detkit.analysis.benchmark and torchvision_compare on the CPU with a tiny model.
+"""detkit.analysis.benchmarking.benchmark and torchvision_compare on the CPU with a tiny model.
 
 No timing thresholds: the tests check the statistics, the attribution of time to phases (with a
 fake clock, exactly), that the result is complete and self-consistent, and that the torchvision
@@ -12,15 +12,15 @@ import pytest
 import torch
 from torch import nn
 
-from detkit.analysis.benchmark import (
+from detkit.analysis.benchmarking.benchmark import (
     DETKIT_PHASES, INFER_PHASES, TRAIN_PHASES, BenchmarkError, PhaseTimer, benchmark_detector,
     benchmark_detectors, git_commit, machine_info, summarize)
-from detkit.analysis.torchvision_compare import (
+from detkit.analysis.benchmarking.torchvision_compare import (
     TORCHVISION_PHASES, _anchor_permutation, build_torchvision_twin, ratios)
 from detkit.backbones.alexnet import alexnet_backbone
 from detkit.methods.fast_rcnn import fast_rcnn
 from detkit.methods.faster_rcnn import faster_rcnn
-from tests.analysis._fake_clock import FakeClock
+from tests.analysis.benchmarking._fake_clock import FakeClock
 
 HW = (64, 96)
 TINY = dict(input_hw=HW, batch_size=2, warmup=1, repeats=2, num_classes=3)
@@ -143,7 +143,7 @@ def test_twin_computes_the_same_trunk_rpn_and_predictor(tiny_faster):
     model = tiny_faster.eval()
     twin = build_torchvision_twin(model, HW).eval()
     gen = torch.Generator().manual_seed(1)
-    from detkit.analysis.benchmark import random_batch
+    from detkit.analysis.benchmarking.benchmark import random_batch
     batch = random_batch(1, *HW, device=torch.device("cpu"), generator=gen)
     ours = model.backbone(model.preprocess(batch)[0])
     images, _ = twin.to_torchvision(batch, None)

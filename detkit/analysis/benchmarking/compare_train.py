@@ -3,7 +3,7 @@
 ``compare_train`` trains, for each seed, detkit's detector as the run config describes it, any
 number of detkit *variants* (the same config plus a few overrides: an ablation, or Fast R-CNN on
 the same data), and torchvision's ``FasterRCNN`` built around the same network
-(:func:`detkit.analysis.torchvision_compare.build_training_twin`). Every run is an ordinary
+(:func:`detkit.analysis.benchmarking.torchvision_compare.build_training_twin`). Every run is an ordinary
 ``train_from_config`` run: the same data, loader, augmentation, training loop, wall-clock budget
 (``solver.max_time_s``) and final test pass scored by detkit's evaluator; only the model differs.
 Runs go one after the other on the same machine, seed by seed, so a slow spell of the machine
@@ -74,7 +74,7 @@ def compare_train(overrides: Sequence[str], *, budget_s: float, seeds: Sequence[
         work: parent of the run folders ``<work>/<side>-seed<seed>``.
         sides: the detectors; at most one may be torchvision's twin.
     """
-    from detkit.analysis.torchvision_compare import build_training_twin, setting_differences
+    from detkit.analysis.benchmarking.torchvision_compare import build_training_twin, setting_differences
     from detkit.engine.config import compose_run_config
     from detkit.engine.run import train_from_config
 

@@ -2,8 +2,8 @@
 proposals come from, and the test-time parts a random-weight model lacks.
 
 The five methods split one test-time call differently (proposals, trunk, region head, post-processing); phases are mapped onto the
-benchmark's ``trunk / proposals / region_head / postprocess`` (:data:`~detkit.analysis.benchmark.INFER_PHASES`)
-as far as a method has them, through dotted paths that :class:`~detkit.analysis.timing.PhaseTimer`
+benchmark's ``trunk / proposals / region_head / postprocess`` (:data:`~detkit.analysis.benchmarking.benchmark.INFER_PHASES`)
+as far as a method has them, through dotted paths that :class:`~detkit.analysis.benchmarking.timing.PhaseTimer`
 hooks (modules) or wraps (methods). Phases are self time, so a phase map may name an outer method
 (``detect``) whose nested phases are subtracted from it:
 

@@ -3,7 +3,7 @@ and the same mAP as a full test pass of the model with that setting."""
 import pytest
 import torch
 
-from detkit.analysis.merge_compare import compare_merges, dense_candidates, format_rows, variant_name
+from detkit.analysis.benchmarking.merge_compare import compare_merges, dense_candidates, format_rows, variant_name
 from detkit.backbones.alexnet import alexnet
 from detkit.data.dataset import DetectionDataset
 from detkit.data.record import DetectionData, Record

@@ -13,7 +13,7 @@ reported as ``{"median", "q1", "q3", "min", "max", "n"}`` in milliseconds.
   forward hooks on the detector's submodules and by wrapping bound methods on the instance
   (:class:`PhaseTimer`) — the model files carry no timing code. ``other`` is the rest of the
   call (target padding, Python glue, losses outside the hooked parts). Phase maps for detkit's
-  detectors are :data:`DETKIT_PHASES`; :mod:`detkit.analysis.torchvision_compare` has
+  detectors are :data:`DETKIT_PHASES`; :mod:`detkit.analysis.benchmarking.torchvision_compare` has
   torchvision's.
 * **Memory**: ``torch.cuda.max_memory_allocated`` (reset before each measurement) on a GPU; on
   the CPU the process's peak resident set size, reset through ``/proc/self/clear_refs`` where
@@ -31,11 +31,11 @@ from torch import Tensor, nn
 
 # machine_info, git_commit, COUNTERS, summarize and BenchmarkError are part of this module's API too.
 # Phase maps (DETKIT_PHASES for Fast/Faster R-CNN, phase_map(model) for every method) live with
-# the other per-method knowledge in detkit.analysis.method_inputs.
-from detkit.analysis.method_inputs import DETKIT_PHASES, phase_map  # noqa: F401
-from detkit.analysis.machine import current_memory_mb, peak_memory_mb, reset_peak_memory  # noqa: F401
+# the other per-method knowledge in detkit.analysis.benchmarking.method_inputs.
+from detkit.analysis.benchmarking.method_inputs import DETKIT_PHASES, phase_map  # noqa: F401
+from detkit.analysis.benchmarking.machine import current_memory_mb, peak_memory_mb, reset_peak_memory  # noqa: F401
 from detkit.utils.provenance import git_commit, machine_info  # noqa: F401
-from detkit.analysis.timing import COUNTERS, BenchmarkError, Clock, PhaseTimer, summarize  # noqa: F401
+from detkit.analysis.benchmarking.timing import COUNTERS, BenchmarkError, Clock, PhaseTimer, summarize  # noqa: F401
 from detkit.data.batch import ImageBatch
 
 PRECISIONS = ("fp32", "bf16", "fp16")
