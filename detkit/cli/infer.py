@@ -91,6 +91,7 @@ def _read(paths):
 def run(args: argparse.Namespace) -> dict:
     from detkit.engine.inference import detect
     from detkit.predictor import load
+    from detkit.utils.atomic import atomic_write_text
     from detkit.visualization.draw import draw_detections, save_image
 
     predictor = load(args.checkpoint, args.device, args.override)
@@ -128,9 +129,7 @@ def run(args: argparse.Namespace) -> dict:
             bar.update(len(chunk))
     if written == 0:
         raise InferError(f"none of the {len(paths)} inputs could be read as an image")
-    tmp = out_dir / ".detections.json.tmp"
-    tmp.write_text(json.dumps(entries))
-    os.replace(tmp, out_dir / "detections.json")
+    atomic_write_text(out_dir / "detections.json", json.dumps(entries))
     print(f"{written} image(s), {len(entries)} detection(s) -> {out_dir}"
           + (f"; skipped {len(skipped)} unreadable: {', '.join(map(str, skipped))}" if skipped else ""))
     return {"images": written, "detections": len(entries), "skipped": [str(p) for p in skipped]}

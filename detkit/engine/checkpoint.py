@@ -26,7 +26,6 @@ from __future__ import annotations
 import copy
 import os
 import random
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+from detkit.utils.atomic import atomic_write
 
 FORMAT = "detkit-checkpoint"
 VERSION = 1
@@ -93,38 +94,13 @@ def check_stored_config(config: Any, *, source: str = "checkpoint") -> None:
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` to ``path`` atomically: temp file in the same folder, fsync, ``os.replace``.
-
-    ``os.replace`` is atomic within one file system, hence the temp file sits beside the target.
+    """``torch.save`` to ``path`` atomically (:func:`detkit.utils.atomic.atomic_write`): temp file in
+    the same folder, fsync, ``os.replace``; any failure (``KeyboardInterrupt`` included) leaves the
+    old file untouched and no temp file behind. Returns ``path`` as a ``Path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file normal permissions
-        os.replace(tmp, path)
-    except BaseException:
-        # Any failure (including KeyboardInterrupt) removes the partial temp file; the old
-        # checkpoint was never touched.
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    try:  # make the rename itself durable (POSIX; not possible on every platform)
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
+    with atomic_write(path, "wb") as f:
+        torch.save(obj, f)
     return path
 
 

@@ -67,15 +67,15 @@ def compile_model(model: nn.Module, *, mode: str | None = None, backend: str = "
     """
     unknown = [p for p in parts if p not in PARTS]
     if unknown:
-        raise CompileError(f"compile.py: unknown part(s) {unknown}; choose from {list(PARTS)}")
+        raise CompileError(f"compile_model: unknown part(s) {unknown}; choose from {list(PARTS)}")
     if mode not in MODES:
-        raise CompileError(f"compile.py: mode must be one of {list(MODES)}, got {mode!r}")
+        raise CompileError(f"compile_model: mode must be one of {list(MODES)}, got {mode!r}")
     if isinstance(backend, str):
         import torch._dynamo  # not imported by ``import torch`` in every version
 
         known = torch._dynamo.list_backends(exclude_tags=())
         if backend not in known:
-            raise CompileError(f"compile.py: unknown torch.compile backend {backend!r}; available: {known}")
+            raise CompileError(f"compile_model: unknown torch.compile backend {backend!r}; available: {known}")
     done: list[nn.Module] = []
     for part in parts:
         compiled = []

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from detkit.engine import distributed as ddp
+from detkit.utils.atomic import atomic_write_text
 
 Detections = dict[int, dict[str, np.ndarray]]
 
@@ -234,10 +235,5 @@ def _plain(obj: Any) -> Any:
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Write JSON atomically (temp file + ``os.replace``), so readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(_plain(obj), indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
+    """Write JSON atomically (:func:`detkit.utils.atomic.atomic_write_text`), so readers never see half a file."""
+    return atomic_write_text(path, json.dumps(_plain(obj), indent=2) + "\n")

@@ -54,7 +54,7 @@ def detect(model: nn.Module, images: Sequence[np.ndarray], transform, *, device:
 
     device = torch.device(device)
     if proposals is not None and len(proposals) != len(images):
-        raise ValueError(f"inference.py: {len(proposals)} proposal arrays for {len(images)} images")
+        raise ValueError(f"detect: {len(proposals)} proposal arrays for {len(images)} images")
     pairs = [test_input(im, transform, None if proposals is None else proposals[i]) for i, im in enumerate(images)]
     inputs = [t for t, _ in pairs]
     batch = ImageBatch.from_images(inputs).to(device)

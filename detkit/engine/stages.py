@@ -212,7 +212,7 @@ def _feature_table(model, dataset, device, cfg: dict, cache_dir: Path, progress:
     if mode == "auto":
         mode = "memory" if mb <= float(cfg.get("memory_limit_mb", 2048)) else "disk"
     if mode not in ("memory", "disk"):
-        raise ValueError(f"stages.py: stages.svm.feature_cache must be memory, disk or auto, got {mode!r}")
+        raise ValueError(f"method.stages.svm.feature_cache must be memory, disk or auto, got {mode!r}")
     where = "in memory" if mode == "memory" else f"on disk in {cache_dir}"
     log.info("fc7 feature cache: %d regions x %d dims, float16 = %.1f MB, kept %s", rows_est, d, mb, where)
     if progress:
@@ -284,7 +284,8 @@ def fit_bbox(model, dataset, conf: dict, device, progress: bool) -> dict:
             boxes.append(reg["boxes"][sel])
             index.append(torch.full((int(sel.sum()),), len(gts) - 1))
     if not feats:
-        raise ValueError(f"stages.py: no training region overlaps a ground truth by more than {min_iou}")
+        raise ValueError(f"method.stages.bbox.min_iou: no training region overlaps a ground truth by more than "
+                         f"{min_iou}")
     reg_model = fit_box_regressors(torch.cat(feats), torch.cat(boxes).to(device), gts, gls,
                                    num_classes=model.num_classes, image_index=torch.cat(index).to(device),
                                    lam=float(cfg.get("lam", 1000.0)), min_iou=min_iou)

@@ -32,12 +32,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from detkit.data.record import DetectionData
+from detkit.utils.atomic import atomic_write
 
 __all__ = ["DetectionsFileError", "save_detections", "load_detections", "to_coco_results"]
 
@@ -94,21 +94,12 @@ def to_coco_results(detections: Detections, data: DetectionData, *, with_file_na
 
 def save_detections(path: str | os.PathLike, detections: Detections, data: DetectionData) -> Path:
     """Write detections (``{image_id: {"boxes" (D,4) xyxy, "scores" (D,), "labels" (D,)}}``) as a
-    detections file, atomically (a temporary file in the same folder, then ``os.replace``)."""
+    detections file, atomically (:func:`detkit.utils.atomic.atomic_write`: a temporary file in the
+    same folder, then ``os.replace``; a failed write leaves the old file as it was)."""
     path = Path(path)
     entries = to_coco_results(detections, data)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(entries, f, allow_nan=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path, "w") as f:
+        json.dump(entries, f, allow_nan=False)
     return path
 
 

@@ -31,7 +31,7 @@ class TwoStageDetector(nn.Module):
                  channels_last: bool = False) -> None:
         super().__init__()
         if num_classes < 1:
-            raise ValueError(f"detector.py: num_classes must be >= 1, got {num_classes}")
+            raise ValueError(f"{type(self).__name__}: num_classes must be >= 1, got {num_classes}")
         self.backbone = backbone
         self.num_classes = int(num_classes)
         self.train_on_difficult = bool(train_on_difficult)
@@ -55,12 +55,12 @@ class TwoStageDetector(nn.Module):
         """
         x = getattr(batch, "tensor", None)
         if x is None or not hasattr(batch, "image_sizes"):
-            raise ValueError(f"detector.py: expected an ImageBatch, got {type(batch).__name__}")
+            raise ValueError(f"{type(self).__name__}: expected an ImageBatch, got {type(batch).__name__}")
         if x.dtype != torch.uint8 or x.dim() != 4 or x.shape[1] != 3:
-            raise ValueError(f"detector.py: ImageBatch.tensor must be uint8 (N, 3, H, W), got "
+            raise ValueError(f"{type(self).__name__}: ImageBatch.tensor must be uint8 (N, 3, H, W), got "
                              f"{x.dtype} {tuple(x.shape)}")
         if len(batch.image_sizes) != x.shape[0]:
-            raise ValueError(f"detector.py: {len(batch.image_sizes)} image sizes for {x.shape[0]} images")
+            raise ValueError(f"{type(self).__name__}: {len(batch.image_sizes)} image sizes for {x.shape[0]} images")
         device = self.pixel_mean.device
         x = x.to(device, non_blocking=True)
         image_hw = torch.as_tensor(batch.image_sizes, dtype=torch.int64).to(device, non_blocking=True)
@@ -80,25 +80,25 @@ class TwoStageDetector(nn.Module):
         ``train_on_difficult``) and boxes with no area (their regression target is undefined).
         """
         if targets is None:
-            raise ValueError("detector.py: training mode needs targets (a list of dicts with "
+            raise ValueError(f"{type(self).__name__}: training mode needs targets (a list of dicts with "
                              "'boxes' and 'labels'); call model.eval() for inference")
         if len(targets) != num_images:
-            raise ValueError(f"detector.py: {len(targets)} targets for {num_images} images")
+            raise ValueError(f"{type(self).__name__}: {len(targets)} targets for {num_images} images")
         device = self.pixel_mean.device
         boxes, labels, usable = [], [], []
         for i, t in enumerate(targets):
             if "boxes" not in t or "labels" not in t:
-                raise ValueError(f"detector.py: target {i} needs 'boxes' and 'labels', has {sorted(t)}")
+                raise ValueError(f"{type(self).__name__}: target {i} needs 'boxes' and 'labels', has {sorted(t)}")
             b = torch.as_tensor(t["boxes"], dtype=torch.float32).reshape(-1, 4)
             lab = torch.as_tensor(t["labels"], dtype=torch.int64).reshape(-1)
             if lab.shape[0] != b.shape[0]:
-                raise ValueError(f"detector.py: target {i} has {b.shape[0]} boxes but {lab.shape[0]} labels")
+                raise ValueError(f"{type(self).__name__}: target {i} has {b.shape[0]} boxes but {lab.shape[0]} labels")
             if lab.device.type == "cpu" and lab.numel() and (lab.min() < 0 or lab.max() >= self.num_classes):
-                raise ValueError(f"detector.py: target {i} labels must be in 0..{self.num_classes - 1}, "
+                raise ValueError(f"{type(self).__name__}: target {i} labels must be in 0..{self.num_classes - 1}, "
                                  f"got {lab.tolist()}")
-            keep = ~_flag(t, "iscrowd", b)
+            keep = ~_flag(t, "iscrowd", b, owner=type(self).__name__)
             if not self.train_on_difficult:
-                keep &= ~_flag(t, "difficult", b)
+                keep &= ~_flag(t, "difficult", b, owner=type(self).__name__)
             boxes.append(b.to(device, non_blocking=True))
             labels.append(lab.to(device, non_blocking=True))
             usable.append(keep.to(device, non_blocking=True))
@@ -111,12 +111,12 @@ class TwoStageDetector(nn.Module):
         return gt_boxes, gt_labels, gt_valid & has_area
 
 
-def _flag(target: dict, key: str, boxes: Tensor) -> Tensor:
-    """The target's ``(M,)`` bool flag ``key`` (all False when absent)."""
+def _flag(target: dict, key: str, boxes: Tensor, *, owner: str) -> Tensor:
+    """The target's ``(M,)`` bool flag ``key`` (all False when absent); ``owner`` names the detector in errors."""
     value = target.get(key)
     if value is None:
         return torch.zeros(boxes.shape[0], dtype=torch.bool, device=boxes.device)
     value = torch.as_tensor(value, dtype=torch.bool, device=boxes.device).reshape(-1)
     if value.shape[0] != boxes.shape[0]:
-        raise ValueError(f"detector.py: target '{key}' has {value.shape[0]} entries for {boxes.shape[0]} boxes")
+        raise ValueError(f"{owner}: target '{key}' has {value.shape[0]} entries for {boxes.shape[0]} boxes")
     return value

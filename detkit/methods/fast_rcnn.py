@@ -47,12 +47,12 @@ class FastRCNN(TwoStageDetector):
         super().__init__(backbone=backbone, num_classes=num_classes,
                          train_on_difficult=train_on_difficult, channels_last=channels_last)
         if roi_head.num_classes != num_classes:
-            raise ValueError(f"fast_rcnn.py: roi_head predicts {roi_head.num_classes} classes, "
+            raise ValueError(f"FastRCNN: roi_head predicts {roi_head.num_classes} classes, "
                              f"num_classes is {num_classes}")
         if proposer not in (None, "selective_search"):
-            raise ValueError(f"fast_rcnn.py: proposer must be 'selective_search' or None, got {proposer!r}")
+            raise ValueError(f"FastRCNN: proposer must be 'selective_search' or None, got {proposer!r}")
         if proposer_mode not in ("fast", "quality", "single"):
-            raise ValueError(f"fast_rcnn.py: proposer_mode must be fast, quality or single, got {proposer_mode!r}")
+            raise ValueError(f"FastRCNN: proposer_mode must be fast, quality or single, got {proposer_mode!r}")
         self.roi_head = roi_head
         self.proposer = proposer
         self.proposer_options = {"mode": proposer_mode, "max_side": proposer_max_side or None,
@@ -67,7 +67,7 @@ class FastRCNN(TwoStageDetector):
         if proposals is None and self.proposer is not None and not self.training:
             proposals = self.propose(batch)
         if proposals is None:
-            raise ValueError("fast_rcnn.py: FastRCNN needs proposals: call model(batch, targets, "
+            raise ValueError("FastRCNN needs proposals: call model(batch, targets, "
                              "proposals=[(P_i, 4) tensor per image, xyxy in resized-image pixels])"
                              + ("" if self.training else ", or build it with proposer='selective_search'"))
         images, image_hw = self.preprocess(batch)
@@ -85,7 +85,7 @@ class FastRCNN(TwoStageDetector):
         import cv2
 
         if not hasattr(cv2, "ximgproc"):  # opencv-python lacks the contrib modules
-            raise ImportError("fast_rcnn.py: the selective search proposer needs opencv-contrib-python "
+            raise ImportError("FastRCNN: the selective search proposer needs opencv-contrib-python "
                               "(cv2.ximgproc is missing); install it, or pass proposals= explicitly")
         from detkit.proposals.selective_search import selective_search
 
@@ -99,14 +99,14 @@ class FastRCNN(TwoStageDetector):
         """List of ``(P_i, 4)`` -> clipped ``(N, P, 4)`` and ``valid`` ``(N, P)``."""
         n = image_hw.shape[0]
         if len(proposals) != n:
-            raise ValueError(f"fast_rcnn.py: {len(proposals)} proposal tensors for {n} images")
+            raise ValueError(f"FastRCNN: {len(proposals)} proposal tensors for {n} images")
         device = image_hw.device
         boxes = []
         for i, p in enumerate(proposals):
             p = torch.as_tensor(p, dtype=torch.float32)
             if p.dim() != 2 or p.shape[1] != 4:
                 if not (p.numel() == 0):
-                    raise ValueError(f"fast_rcnn.py: proposals for image {i} must be (P, 4), got {tuple(p.shape)}")
+                    raise ValueError(f"FastRCNN: proposals for image {i} must be (P, 4), got {tuple(p.shape)}")
                 p = p.reshape(0, 4)
             boxes.append(p.to(device, non_blocking=True))
         lengths = torch.tensor([len(b) for b in boxes]).to(device, non_blocking=True)

@@ -31,10 +31,10 @@ class FasterRCNN(TwoStageDetector):
         super().__init__(backbone=backbone, num_classes=num_classes,
                          train_on_difficult=train_on_difficult, channels_last=channels_last)
         if roi_head.num_classes != num_classes:
-            raise ValueError(f"faster_rcnn.py: roi_head predicts {roi_head.num_classes} classes, "
+            raise ValueError(f"FasterRCNN: roi_head predicts {roi_head.num_classes} classes, "
                              f"num_classes is {num_classes}")
         if rpn.anchor_generator.stride != backbone.stride:
-            raise ValueError(f"faster_rcnn.py: anchor stride {rpn.anchor_generator.stride} != "
+            raise ValueError(f"FasterRCNN: anchor stride {rpn.anchor_generator.stride} != "
                              f"backbone stride {backbone.stride}")
         self.rpn = rpn
         self.roi_head = roi_head

@@ -81,20 +81,20 @@ class OverFeat(nn.Module):
                  channels_last: bool = False) -> None:
         super().__init__()
         if num_classes < 1:
-            raise ValueError(f"overfeat.py: num_classes must be >= 1, got {num_classes}")
+            raise ValueError(f"OverFeat: num_classes must be >= 1, got {num_classes}")
         if not scales or any(float(q) <= 0 for q in scales):
-            raise ValueError(f"overfeat.py: scales must be positive window/shorter-side fractions, got {scales}")
+            raise ValueError(f"OverFeat: scales must be positive window/shorter-side fractions, got {scales}")
         if box_loss_norm not in ("positives", "samples"):
-            raise ValueError(f"overfeat.py: box_loss_norm must be 'positives' or 'samples', got {box_loss_norm!r}")
+            raise ValueError(f"OverFeat: box_loss_norm must be 'positives' or 'samples', got {box_loss_norm!r}")
         if merge not in ("greedy", "nms"):
-            raise ValueError(f"overfeat.py: merge must be 'greedy' or 'nms', got {merge!r}")
+            raise ValueError(f"OverFeat: merge must be 'greedy' or 'nms', got {merge!r}")
         if merge_confidence not in ("sum", "max"):
-            raise ValueError(f"overfeat.py: merge_confidence must be 'sum' or 'max', got {merge_confidence!r}")
+            raise ValueError(f"OverFeat: merge_confidence must be 'sum' or 'max', got {merge_confidence!r}")
         if not 0 <= bg_iou_thresh <= fg_iou_thresh <= 1:
-            raise ValueError(f"overfeat.py: need 0 <= bg_iou_thresh <= fg_iou_thresh <= 1, got "
+            raise ValueError(f"OverFeat: need 0 <= bg_iou_thresh <= fg_iou_thresh <= 1, got "
                              f"{bg_iou_thresh}, {fg_iou_thresh}")
         if regressor.num_classes != num_classes or regressor.window != net.window:
-            raise ValueError("overfeat.py: the regressor must predict num_classes boxes over net.window windows")
+            raise ValueError("OverFeat: the regressor must predict num_classes boxes over net.window windows")
         self.net, self.regressor = net, regressor
         self.num_classes = int(num_classes)
         self.scales = tuple(float(q) for q in scales)

@@ -70,13 +70,14 @@ class RegionDetector(TwoStageDetector):
         super().__init__(backbone=backbone, num_classes=num_classes,
                          train_on_difficult=train_on_difficult, channels_last=channels_last)
         if scorer not in ("svm", "softmax"):
-            raise ValueError(f"rcnn.py: scorer must be 'svm' or 'softmax', got {scorer!r}")
+            raise ValueError(f"{type(self).__name__}: scorer must be 'svm' or 'softmax', got {scorer!r}")
         if chunk_size < 1 or batch_regions < 1:
-            raise ValueError(f"rcnn.py: chunk_size ({chunk_size}) and batch_regions ({batch_regions}) must be >= 1")
+            raise ValueError(f"{type(self).__name__}: chunk_size ({chunk_size}) and batch_regions "
+                             f"({batch_regions}) must be >= 1")
         self.scorer, self.score_thresh, self.nms_thresh = scorer, float(score_thresh), float(nms_thresh)
         self.detections_per_img, self.fg_iou_thresh = int(detections_per_img), float(fg_iou_thresh)
         if not 0.0 <= bg_iou_thresh_lo <= fg_iou_thresh:
-            raise ValueError(f"rcnn.py: bg_iou_thresh_lo must be in [0, fg_iou_thresh={fg_iou_thresh}], "
+            raise ValueError(f"{type(self).__name__}: bg_iou_thresh_lo must be in [0, fg_iou_thresh={fg_iou_thresh}], "
                              f"got {bg_iou_thresh_lo}")
         self.bg_iou_thresh_lo = float(bg_iou_thresh_lo)
         self.batch_regions, self.positive_fraction = int(batch_regions), float(positive_fraction)
@@ -118,14 +119,14 @@ class RegionDetector(TwoStageDetector):
             proposals = [self._selective_search(batch.tensor[i, :, :h, :w])
                          for i, (h, w) in enumerate(batch.image_sizes)]
         if len(proposals) != n:
-            raise ValueError(f"rcnn.py: {len(proposals)} proposal tensors for {n} images")
+            raise ValueError(f"{type(self).__name__}: {len(proposals)} proposal tensors for {n} images")
         out = []
         for i, p in enumerate(proposals):
             p = torch.as_tensor(p, dtype=torch.float32, device=image_hw.device)
             if p.numel() == 0:
                 p = p.reshape(0, 4)
             if p.dim() != 2 or p.shape[1] != 4:
-                raise ValueError(f"rcnn.py: proposals for image {i} must be (P, 4), got {tuple(p.shape)}")
+                raise ValueError(f"{type(self).__name__}: proposals for image {i} must be (P, 4), got {tuple(p.shape)}")
             h, w = (float(v) for v in image_hw[i])
             p = torch.stack((p[:, 0].clamp(0, w), p[:, 1].clamp(0, h), p[:, 2].clamp(0, w),
                              p[:, 3].clamp(0, h)), dim=1)
@@ -184,8 +185,8 @@ class RegionDetector(TwoStageDetector):
                                         positive_fraction=self.positive_fraction)
         idx = idx[0][valid[0]]
         if len(idx) == 0:
-            raise ValueError("rcnn.py: no regions to fine-tune on (no ground truth in the batch, and no proposals "
-                             "with IoU >= bg_iou_thresh_lo)")
+            raise ValueError(f"{type(self).__name__}: no regions to fine-tune on (no ground truth in the batch, "
+                             "and no proposals with IoU >= bg_iou_thresh_lo)")
         all_boxes = torch.cat(boxes)
         sel = [all_boxes[idx[img[idx] == i]] for i in range(len(boxes))]
         order = torch.cat([idx[img[idx] == i] for i in range(len(boxes))])

@@ -40,7 +40,7 @@ def spp_head(region_head: nn.Module, *, channels: int, levels: Sequence[int], ro
     mods = list(region_head.children()) if isinstance(region_head, nn.Sequential) else []
     idx = next((i for i, m in enumerate(mods) if isinstance(m, nn.Linear)), None)
     if idx is None:
-        raise ValueError("sppnet.py: SPPNet needs a backbone whose region head is fully connected "
+        raise ValueError("SPPNet needs a backbone whose region head is fully connected "
                          f"(fc6-fc7: alexnet, zfnet, vgg16); got {type(region_head).__name__} without nn.Linear")
     old = mods[idx]
     bins = sum(v * v for v in levels)
@@ -71,7 +71,7 @@ class SPPNet(RegionDetector):
         super().__init__(backbone=backbone, num_classes=num_classes, feature_dim=backbone.head_channels,
                          pool_dim=backbone.out_channels * spp.num_bins, **kwargs)
         if scales is not None and (len(scales) == 0 or any(s <= 0 for s in scales)):
-            raise ValueError(f"sppnet.py: scales must be positive shorter-side lengths or null, got {scales}")
+            raise ValueError(f"SPPNet: scales must be positive shorter-side lengths or null, got {scales}")
         self.spp = spp
         self.scales = None if scales is None else tuple(int(s) for s in scales)
         self.target, self.train_trunk = float(target), bool(train_trunk)

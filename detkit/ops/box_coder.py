@@ -36,7 +36,7 @@ class BoxCoder:
     def __init__(self, weights: Sequence[float] = (1.0, 1.0, 1.0, 1.0),
                  scale_clamp: float = DEFAULT_SCALE_CLAMP) -> None:
         if len(weights) != 4 or any(float(w) <= 0 for w in weights):
-            raise ValueError(f"box_coder.py: weights must be 4 positive numbers, got {tuple(weights)}")
+            raise ValueError(f"BoxCoder: weights must be 4 positive numbers, got {tuple(weights)}")
         self.weights = tuple(float(w) for w in weights)
         self.scale_clamp = float(scale_clamp)
 

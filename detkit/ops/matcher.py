@@ -48,12 +48,12 @@ class Matcher:
                  allow_low_quality_matches: bool = False) -> None:
         thresholds = [float(t) for t in thresholds]
         if len(labels) != len(thresholds) + 1:
-            raise ValueError(f"matcher.py: need len(labels) == len(thresholds) + 1, got {len(labels)} "
+            raise ValueError(f"Matcher: need len(labels) == len(thresholds) + 1, got {len(labels)} "
                              f"labels for {len(thresholds)} thresholds")
         if any(a > b for a, b in zip(thresholds, thresholds[1:])):
-            raise ValueError(f"matcher.py: thresholds must be increasing, got {thresholds}")
+            raise ValueError(f"Matcher: thresholds must be increasing, got {thresholds}")
         if any(int(lab) not in (-1, 0, 1) for lab in labels):
-            raise ValueError(f"matcher.py: labels must be -1, 0 or 1, got {list(labels)}")
+            raise ValueError(f"Matcher: labels must be -1, 0 or 1, got {list(labels)}")
         self.thresholds = thresholds
         self.labels = [int(lab) for lab in labels]
         self.allow_low_quality_matches = bool(allow_low_quality_matches)
@@ -70,7 +70,7 @@ class Matcher:
             the label is 1); ``labels`` ``(N, M)`` int8 in ``{1, 0, -1}``.
         """
         if iou.dim() != 3 or iou.shape[1] == 0:
-            raise ValueError(f"matcher.py: expected an (N, G>=1, M) IoU tensor, got {tuple(iou.shape)}")
+            raise ValueError(f"Matcher: expected an (N, G>=1, M) IoU tensor, got {tuple(iou.shape)}")
         max_iou, matches = iou.max(dim=1)  # (N, M)
         # Band lookup with Python-scalar comparisons (lower bounds inclusive): no small tensors
         # built on the host per call, whose blocking copies would stall a GPU training step.

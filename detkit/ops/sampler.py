@@ -28,9 +28,9 @@ def sample_balanced(labels: Tensor, *, num_samples: int, positive_fraction: floa
         Positives come first in each row. Invalid slots hold an arbitrary in-range index.
     """
     if labels.dim() != 2:
-        raise ValueError(f"sampler.py: labels must be (N, M), got shape {tuple(labels.shape)}")
+        raise ValueError(f"sample_balanced: labels must be (N, M), got shape {tuple(labels.shape)}")
     if not 0.0 <= positive_fraction <= 1.0:
-        raise ValueError(f"sampler.py: positive_fraction must be in [0, 1], got {positive_fraction}")
+        raise ValueError(f"sample_balanced: positive_fraction must be in [0, 1], got {positive_fraction}")
     n, m = labels.shape
     s = int(num_samples)
     max_pos = int(s * positive_fraction)

@@ -43,9 +43,9 @@ class BoxRegressionNet(nn.Module):
                  channels: Sequence[int] = (4096, 1024), weights: Sequence[float] = REG_WEIGHTS) -> None:
         super().__init__()
         if not channels:
-            raise ValueError("box_regression.py: channels needs at least one hidden width")
+            raise ValueError("BoxRegressionNet: channels needs at least one hidden width")
         if num_classes < 1 or window < 1:
-            raise ValueError(f"box_regression.py: need num_classes >= 1 and window >= 1, got {num_classes}, {window}")
+            raise ValueError(f"BoxRegressionNet: need num_classes >= 1 and window >= 1, got {num_classes}, {window}")
         layers: list[nn.Module] = []
         cin = int(in_channels)
         for i, c in enumerate(channels):

@@ -66,7 +66,7 @@ class FullyConvNet(nn.Module):
         self._pooled_sides: dict[int, int] = {}
         side = self._pooled_side(self.input_size)
         if side != self.window:
-            raise ValueError(f"fully_conv.py: at the training input size {self.input_size} the pooled map is "
+            raise ValueError(f"FullyConvNet: at the training input size {self.input_size} the pooled map is "
                              f"{side}x{side}, but the classifier's window is {self.window}x{self.window}")
         self.stride = self._measure_stride()
 
@@ -104,11 +104,11 @@ class FullyConvNet(nn.Module):
         delta = 2 ** 6 * 3 ** 2 * 5 * 7
         grow = self._pooled_side(self.input_size + delta) - self.window
         if grow <= 0 or delta % grow:
-            raise ValueError(f"fully_conv.py: cannot measure the network's total stride (+{delta} px input "
+            raise ValueError(f"FullyConvNet: cannot measure the network's total stride (+{delta} px input "
                              f"gave +{grow} outputs)")
         stride = delta // grow
         if stride % self.pool_stride:
-            raise ValueError(f"fully_conv.py: total stride {stride} is not a multiple of the last pool's "
+            raise ValueError(f"FullyConvNet: total stride {stride} is not a multiple of the last pool's "
                              f"stride {self.pool_stride}")
         return stride
 
@@ -126,7 +126,7 @@ def linear_to_conv(linear: nn.Linear, in_channels: int, kernel: int) -> nn.Conv2
     its parameters (weight ``(D, C*k*k)`` viewed as ``(D, C, k, k)``; no copy)."""
     d, f = linear.weight.shape
     if f != in_channels * kernel * kernel:
-        raise ValueError(f"fully_conv.py: Linear with {f} inputs cannot read a {in_channels}x{kernel}x{kernel} map")
+        raise ValueError(f"linear_to_conv: Linear with {f} inputs cannot read a {in_channels}x{kernel}x{kernel} map")
     conv = nn.Conv2d(in_channels, d, kernel, bias=linear.bias is not None)
     conv.weight = nn.Parameter(linear.weight.detach().view(d, in_channels, kernel, kernel),
                                requires_grad=linear.weight.requires_grad)
@@ -138,7 +138,7 @@ def linear_to_conv(linear: nn.Linear, in_channels: int, kernel: int) -> nn.Conv2
 def _last_max_pool(layers: list[nn.Module]) -> int:
     idx = [i for i, m in enumerate(layers) if isinstance(m, nn.MaxPool2d)]
     if not idx:
-        raise ValueError("fully_conv.py: the network's `features` has no max pool to split at")
+        raise ValueError("fully_convolutional: the network's `features` has no max pool to split at")
     return idx[-1]
 
 
@@ -230,7 +230,7 @@ def fully_convolutional(net: nn.Module, *, input_size: int | None = None) -> Ful
         return _from_resnet(net, input_size)
     if all(hasattr(net, a) for a in ("features", "avgpool", "classifier", "out_channels")):
         return _from_fc_net(net, input_size)
-    raise ValueError(f"fully_conv.py: don't know how to make {type(net).__name__} fully convolutional "
+    raise ValueError(f"fully_convolutional: don't know how to make {type(net).__name__} fully convolutional "
                      "(expected AlexNet/ZFNet/VGG layout, GoogLeNet or ResNet)")
 
 

@@ -87,11 +87,11 @@ def greedy_merge(boxes: Tensor, scores: Tensor, *, threshold: float = 0.5, weigh
         ``boxes``' device.
     """
     if weighting not in ("mean", "score"):
-        raise ValueError(f"merge.py: weighting must be 'mean' or 'score', got {weighting!r}")
+        raise ValueError(f"greedy_merge: weighting must be 'mean' or 'score', got {weighting!r}")
     if confidence not in ("sum", "max"):
-        raise ValueError(f"merge.py: confidence must be 'sum' or 'max', got {confidence!r}")
+        raise ValueError(f"greedy_merge: confidence must be 'sum' or 'max', got {confidence!r}")
     if boxes.dim() != 2 or boxes.shape[-1] != 4 or scores.shape != boxes.shape[:1]:
-        raise ValueError(f"merge.py: expected boxes (D, 4) and scores (D,), got {tuple(boxes.shape)} "
+        raise ValueError(f"greedy_merge: expected boxes (D, 4) and scores (D,), got {tuple(boxes.shape)} "
                          f"and {tuple(scores.shape)}")
     # Each merge moves one cluster's box and so changes its matches: the loop is sequential and
     # done on the host (one transfer, no device sync per merge). A heap holds the pairs that can
@@ -152,7 +152,7 @@ def merge_detections(boxes: Tensor, scores: Tensor, labels: Tensor, *, method: s
     as ``(boxes, scores, labels)``.
     """
     if method not in ("greedy", "nms"):
-        raise ValueError(f"merge.py: method must be 'greedy' or 'nms', got {method!r}")
+        raise ValueError(f"merge_detections: method must be 'greedy' or 'nms', got {method!r}")
     if method == "nms":
         keep = batched_nms(boxes.float(), scores.float(), labels, float(nms_thresh))
         out_b, out_s, out_l = boxes[keep].float(), scores[keep].float(), labels[keep]

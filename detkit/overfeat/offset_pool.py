@@ -39,9 +39,9 @@ def offset_max_pool(x: Tensor, pool: Callable[[Tensor], Tensor], stride: int) ->
     """
     s = int(stride)
     if s < 1:
-        raise ValueError(f"offset_pool.py: stride must be >= 1, got {stride}")
+        raise ValueError(f"offset_max_pool: stride must be >= 1, got {stride}")
     if x.dim() != 4:
-        raise ValueError(f"offset_pool.py: expected an (N, C, H, W) map, got shape {tuple(x.shape)}")
+        raise ValueError(f"offset_max_pool: expected an (N, C, H, W) map, got shape {tuple(x.shape)}")
     if s == 1:
         return pool(x)
     padded = F.pad(x, (0, s - 1, 0, s - 1), value=float("-inf"))
@@ -61,7 +61,7 @@ def interleave_offsets(y: Tensor, stride: int) -> Tensor:
     """
     s = int(stride)
     if y.dim() != 4 or y.shape[0] % (s * s):
-        raise ValueError(f"offset_pool.py: expected (s^2 * N, C, h, w) with s={s}, got shape {tuple(y.shape)}")
+        raise ValueError(f"interleave_offsets: expected (s^2 * N, C, h, w) with s={s}, got shape {tuple(y.shape)}")
     if s == 1:
         return y
     n = y.shape[0] // (s * s)

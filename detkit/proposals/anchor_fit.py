@@ -51,7 +51,7 @@ def fit_anchor_sizes(sides: np.ndarray, *, low: float = 2.0, high: float = 98.0,
         ValueError: a bad setting.
     """
     if not 0 <= low < high <= 100 or max_ratio <= 1 or max_sizes < 1:
-        raise ValueError(f"anchor_fit.py: need 0 <= low < high <= 100, max_ratio > 1 and max_sizes >= 1; "
+        raise ValueError(f"fit_anchor_sizes: need 0 <= low < high <= 100, max_ratio > 1 and max_sizes >= 1; "
                          f"got low={low}, high={high}, max_ratio={max_ratio}, max_sizes={max_sizes}")
     sides = np.asarray(sides, dtype=np.float64).reshape(-1)
     sides = sides[np.isfinite(sides) & (sides > 0)]

@@ -33,9 +33,9 @@ class AnchorGenerator(nn.Module):
                  aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0), stride: int = 16) -> None:
         super().__init__()
         if len(sizes) == 0 or len(aspect_ratios) == 0:
-            raise ValueError("anchors.py: need at least one anchor size and one aspect ratio")
+            raise ValueError("AnchorGenerator: need at least one anchor size and one aspect ratio")
         if any(float(v) <= 0 for v in (*sizes, *aspect_ratios)) or stride <= 0:
-            raise ValueError(f"anchors.py: sizes {tuple(sizes)}, ratios {tuple(aspect_ratios)} and "
+            raise ValueError(f"AnchorGenerator: sizes {tuple(sizes)}, ratios {tuple(aspect_ratios)} and "
                              f"stride {stride} must be positive")
         self.sizes = tuple(float(s) for s in sizes)
         self.aspect_ratios = tuple(float(r) for r in aspect_ratios)

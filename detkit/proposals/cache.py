@@ -40,7 +40,6 @@ import hashlib
 import json
 import multiprocessing
 import os
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -54,6 +53,7 @@ from detkit.data.images import ImageReadError, read_image
 from detkit.data.problems import DataError
 from detkit.data.record import DetectionData, Record
 from detkit.proposals.selective_search import MODES, selective_search
+from detkit.utils.atomic import atomic_write
 
 __all__ = [
     "SEARCH_DEFAULTS",
@@ -136,16 +136,10 @@ def _image_file(folder: Path, key: str) -> Path:
     return folder / f"{key}.npz"
 
 
-def _write_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """``np.savez_compressed`` to ``path`` atomically (:func:`detkit.utils.atomic.atomic_write`)."""
+    with atomic_write(path, "wb") as f:
+        np.savez_compressed(f, **arrays)
 
 
 def _worker_init() -> None:
@@ -160,7 +154,7 @@ def _search_one(job: tuple) -> tuple[int, int, float]:
     start = time.perf_counter()
     boxes = selective_search(image, **options)
     seconds = time.perf_counter() - start
-    _write_atomic(Path(out_file), {"boxes": boxes, "seconds": np.array(seconds),
+    _write_npz(Path(out_file), {"boxes": boxes, "seconds": np.array(seconds),
                                    "source": np.array(os.fspath(file_name))})
     return image_id, len(boxes), seconds
 
@@ -177,10 +171,8 @@ def _check_settings(folder: Path, settings: dict) -> None:
                 f"cache folder holds boxes of other settings {saved}, not {settings} (renamed by hand?); "
                 "use another cache_dir or delete this folder", file=path)
     else:
-        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
+        with atomic_write(path, "w") as f:
             json.dump(settings, f, indent=1, sort_keys=True)
-        os.replace(tmp, path)
 
 
 def compute_proposals(
@@ -366,12 +358,10 @@ def write_proposals_file(path: str | os.PathLike, proposals: Mapping[int, np.nda
     table = {by_id[i].name: np.asarray(b, dtype=np.float32).reshape(-1, 4) for i, b in proposals.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".npz":
-        _write_atomic(path, table)
+        _write_npz(path, table)
     elif path.suffix == ".json":
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
+        with atomic_write(path, "w") as f:
             json.dump({k: v.tolist() for k, v in table.items()}, f)
-        os.replace(tmp, path)
     else:
         raise ProposalsError("unknown proposals file type (use .npz or .json)", file=path)
     return path

@@ -115,7 +115,7 @@ class RegionProposalNetwork(nn.Module):
                  smooth_l1_beta: float = 1.0 / 9, allowed_border: float = 0.0) -> None:
         super().__init__()
         if anchor_generator.num_anchors != head.num_anchors:
-            raise ValueError(f"rpn.py: the anchor generator makes {anchor_generator.num_anchors} "
+            raise ValueError(f"RegionProposalNetwork: the anchor generator makes {anchor_generator.num_anchors} "
                              f"anchors per location but the head predicts {head.num_anchors}")
         self.head = head
         self.anchor_generator = anchor_generator
@@ -150,7 +150,7 @@ class RegionProposalNetwork(nn.Module):
         losses: dict[str, Tensor] = {}
         if self.training:
             if gt_boxes is None or gt_valid is None:
-                raise ValueError("rpn.py: training needs gt_boxes and gt_valid")
+                raise ValueError("RegionProposalNetwork: training needs gt_boxes and gt_valid")
             matches, labels = self.assign_targets(anchors, image_hw, gt_boxes, gt_valid)
             losses = self.losses(anchors, logits, deltas, matches, labels, gt_boxes)
         return proposals, valid, losses

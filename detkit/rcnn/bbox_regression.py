@@ -63,7 +63,7 @@ class BoxRegressors(nn.Module):
             ``(M, K, 4)`` boxes refined for every class, or ``(M, 4)`` for the given labels.
         """
         if features.shape[0] != proposals.shape[0]:
-            raise ValueError(f"bbox_regression.py: {features.shape[0]} feature rows for "
+            raise ValueError(f"BoxRegressors: {features.shape[0]} feature rows for "
                              f"{proposals.shape[0]} proposals")
         t = self.deltas(features)
         if labels is not None:
@@ -106,7 +106,7 @@ def fit_box_regressors(features: Tensor, proposals: Tensor, gt_boxes: Tensor | S
         ``BoxRegressors`` on the features' device.
     """
     if features.dim() != 2 or proposals.shape != (features.shape[0], 4):
-        raise ValueError(f"bbox_regression.py: features must be (M, D) and proposals (M, 4), got "
+        raise ValueError(f"fit_box_regressors: features must be (M, D) and proposals (M, 4), got "
                          f"{tuple(features.shape)} and {tuple(proposals.shape)}")
     dev = features.device
     dtype = features.dtype if features.dtype == torch.float64 else torch.float32
@@ -114,7 +114,7 @@ def fit_box_regressors(features: Tensor, proposals: Tensor, gt_boxes: Tensor | S
         gt_boxes, gt_labels = [gt_boxes], [gt_labels]
         image_index = torch.zeros(len(proposals), dtype=torch.long, device=dev)
     if image_index is None or len(gt_boxes) != len(gt_labels):
-        raise ValueError("bbox_regression.py: per-image gt lists need image_index (M,) and as many "
+        raise ValueError("fit_box_regressors: per-image gt lists need image_index (M,) and as many "
                          "label tensors as box tensors")
     proposals, image_index = proposals.to(dev, dtype), image_index.to(dev)
     best_gt = torch.zeros(len(proposals), 4, dtype=dtype, device=dev)

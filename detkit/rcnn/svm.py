@@ -81,7 +81,7 @@ def feature_scale(features: Tensor, target_norm: float = 20.0) -> float:
     that scaled features have mean L2 norm ``target_norm`` (20 in ``rcnn_scale_features``)."""
     norms = features.float().norm(dim=1)
     if norms.numel() == 0 or float(norms.mean()) == 0:
-        raise ValueError("svm.py: feature_scale needs non-empty, non-zero features")
+        raise ValueError("feature_scale needs non-empty, non-zero features")
     return target_norm / float(norms.mean())
 
 
@@ -180,11 +180,11 @@ def liblinear_available() -> bool:
 def resolve_solver(solver: str, device: torch.device) -> str:
     """``"torch"`` or ``"liblinear"`` for ``solver`` in ``SOLVERS`` and features on ``device``."""
     if solver not in SOLVERS:
-        raise ValueError(f"svm.py: solver must be one of {SOLVERS}, got {solver!r}")
+        raise ValueError(f"resolve_solver: solver must be one of {SOLVERS}, got {solver!r}")
     if solver == "auto":
         return "liblinear" if torch.device(device).type == "cpu" and liblinear_available() else "torch"
     if solver == "liblinear" and not liblinear_available():
-        raise ImportError("svm.py: solver='liblinear' needs scikit-learn, which is optional: "
+        raise ImportError("resolve_solver: solver='liblinear' needs scikit-learn, which is optional: "
                           "pip install scikit-learn (or detkit[liblinear]), or use solver='torch'")
     return solver
 
@@ -242,11 +242,11 @@ def train_svm(pos: Tensor, neg_pool: Tensor | Callable[[], Iterable[Tensor]], *,
         ``LinearSVM`` with ``weight (D,)`` and ``bias ()`` on ``pos``'s device.
     """
     if loss not in LOSSES:
-        raise ValueError(f"svm.py: loss must be one of {LOSSES}, got {loss!r}")
+        raise ValueError(f"train_svm: loss must be one of {LOSSES}, got {loss!r}")
     if pos.dim() != 2 or len(pos) == 0:
-        raise ValueError(f"svm.py: pos must be a non-empty (P, D) tensor, got {tuple(pos.shape)}")
+        raise ValueError(f"train_svm: pos must be a non-empty (P, D) tensor, got {tuple(pos.shape)}")
     if C <= 0 or pos_weight <= 0 or bias_mult <= 0 or rounds < 1:
-        raise ValueError(f"svm.py: C ({C}), pos_weight ({pos_weight}), bias_mult ({bias_mult}) "
+        raise ValueError(f"train_svm: C ({C}), pos_weight ({pos_weight}), bias_mult ({bias_mult}) "
                          f"and rounds ({rounds}) must be positive")
     solver = resolve_solver(solver, pos.device)
     dtype = pos.dtype if pos.dtype == torch.float64 else torch.float32
@@ -269,7 +269,7 @@ def train_svm(pos: Tensor, neg_pool: Tensor | Callable[[], Iterable[Tensor]], *,
             nxt = next(stream, None)  # look ahead to know the last chunk of the last round
             chunk = chunk.to(pos.device, dtype)
             if chunk.dim() != 2 or chunk.shape[1] != d:
-                raise ValueError(f"svm.py: negative chunk {j} has shape {tuple(chunk.shape)}, "
+                raise ValueError(f"train_svm: negative chunk {j} has shape {tuple(chunk.shape)}, "
                                  f"expected (Q, {d})")
             ids = torch.arange(offset, offset + len(chunk), device=pos.device)
             offset += len(chunk)
@@ -302,7 +302,7 @@ def train_svm(pos: Tensor, neg_pool: Tensor | Callable[[], Iterable[Tensor]], *,
                 added_ids, num_added = [], 0
             chunk, j = nxt, j + 1
     if theta is None:
-        raise ValueError("svm.py: the negative pool is empty; an SVM needs negatives")
+        raise ValueError("train_svm: the negative pool is empty; an SVM needs negatives")
     return LinearSVM(weight=theta[:-1].clone(), bias=bias_mult * theta[-1], log=log)
 
 
@@ -335,17 +335,17 @@ def train_class_svms(features: Tensor, labels: Tensor, gt_mask: Tensor,
     """
     m = features.shape[0]
     if labels.shape != (m,) or gt_mask.shape != (m,):
-        raise ValueError(f"svm.py: labels {tuple(labels.shape)} and gt_mask "
+        raise ValueError(f"train_class_svms: labels {tuple(labels.shape)} and gt_mask "
                          f"{tuple(gt_mask.shape)} must both be ({m},)")
     if overlaps is not None and (overlaps.dim() != 2 or overlaps.shape[0] != m):
-        raise ValueError(f"svm.py: overlaps must be ({m}, K), got {tuple(overlaps.shape)}")
+        raise ValueError(f"train_class_svms: overlaps must be ({m}, K), got {tuple(overlaps.shape)}")
     k_total = num_classes or (overlaps.shape[1] if overlaps is not None else int(labels.max()) + 1)
     labels, gt_mask = labels.to(features.device), gt_mask.to(features.device).bool()
     weights, biases = [], []
     for k in range(k_total):
         pos = features[gt_mask & (labels == k)]
         if len(pos) == 0:
-            raise ValueError(f"svm.py: class {k} has no ground-truth boxes to train on")
+            raise ValueError(f"train_class_svms: class {k} has no ground-truth boxes to train on")
         # Every row (other classes' ground truth included, as in R-CNN's feature cache) that
         # does not overlap a class-k ground truth is a negative of class k.
         if overlaps is not None:

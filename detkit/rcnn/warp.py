@@ -33,9 +33,9 @@ from torch import Tensor
 from torchvision.ops import roi_align
 
 
-def _check_sizes(output_size: int, context: int) -> None:
+def _check_sizes(output_size: int, context: int, where: str) -> None:
     if output_size <= 2 * context or context < 0:
-        raise ValueError(f"warp.py: need 0 <= 2 * context < output_size, got context={context}, "
+        raise ValueError(f"{where}: need 0 <= 2 * context < output_size, got context={context}, "
                          f"output_size={output_size}")
 
 
@@ -44,7 +44,7 @@ def dilate_boxes(boxes: Tensor, *, output_size: int, context: int = 16) -> Tenso
     ``output_size / (output_size - 2 * context)`` so that, once warped to ``output_size``, the
     original box is surrounded by ``context`` pixels on every side (see the module docstring).
     """
-    _check_sizes(output_size, context)
+    _check_sizes(output_size, context, "dilate_boxes")
     scale = output_size / (output_size - 2 * context)
     boxes = boxes.float()
     cx = (boxes[..., 0] + boxes[..., 2]) / 2
@@ -81,17 +81,17 @@ def warp_regions(images: Tensor, boxes: Sequence[Tensor], *, output_size: int, c
         in float32): callers warp proposals in chunks.
     """
     if images.dim() != 4 or not images.is_floating_point():
-        raise ValueError(f"warp.py: images must be a float (N, C, H, W) tensor, got "
+        raise ValueError(f"warp_regions: images must be a float (N, C, H, W) tensor, got "
                          f"{tuple(images.shape)} {images.dtype}")
-    _check_sizes(output_size, context)
+    _check_sizes(output_size, context, "warp_regions")
     n, _, h, w = images.shape
     if len(boxes) != n:
-        raise ValueError(f"warp.py: {len(boxes)} box tensors for {n} images")
+        raise ValueError(f"warp_regions: {len(boxes)} box tensors for {n} images")
     for i, b in enumerate(boxes):
         if b.dim() != 2 or b.shape[1] != 4:
-            raise ValueError(f"warp.py: boxes[{i}] must be (P, 4), got {tuple(b.shape)}")
+            raise ValueError(f"warp_regions: boxes[{i}] must be (P, 4), got {tuple(b.shape)}")
     if image_sizes is not None and len(image_sizes) != n:
-        raise ValueError(f"warp.py: {len(image_sizes)} image sizes for {n} images")
+        raise ValueError(f"warp_regions: {len(image_sizes)} image sizes for {n} images")
 
     # Zero canvas with a one-pixel border (see the module docstring); padding of a batch is
     # zeroed too so that it reads as "outside the image" = mean.

@@ -27,7 +27,7 @@ class FastRCNNPredictor(nn.Module):
     def __init__(self, *, in_channels: int, num_classes: int) -> None:
         super().__init__()
         if num_classes < 1:
-            raise ValueError(f"box_predictor.py: num_classes must be >= 1, got {num_classes}")
+            raise ValueError(f"FastRCNNPredictor: num_classes must be >= 1, got {num_classes}")
         self.num_classes = int(num_classes)
         self.cls_score = nn.Linear(in_channels, num_classes + 1)
         self.bbox_pred = nn.Linear(in_channels, 4 * num_classes)

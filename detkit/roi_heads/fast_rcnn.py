@@ -84,7 +84,7 @@ class FastRCNNHead(nn.Module):
                  min_box_size: float = 1e-2) -> None:
         super().__init__()
         if not 0.0 <= bg_iou_thresh_lo <= fg_iou_thresh:
-            raise ValueError(f"fast_rcnn.py: need 0 <= bg_iou_thresh_lo ({bg_iou_thresh_lo}) <= "
+            raise ValueError(f"FastRCNNHead: need 0 <= bg_iou_thresh_lo ({bg_iou_thresh_lo}) <= "
                              f"fg_iou_thresh ({fg_iou_thresh})")
         self.roi_pool = roi_pool
         self.box_head = box_head
@@ -115,7 +115,7 @@ class FastRCNNHead(nn.Module):
         """
         if self.training:
             if gt_boxes is None or gt_labels is None or gt_valid is None:
-                raise ValueError("fast_rcnn.py: training needs gt_boxes, gt_labels and gt_valid")
+                raise ValueError("FastRCNNHead: training needs gt_boxes, gt_labels and gt_valid")
             rois, labels, targets, valid = self.sample(proposals, proposal_valid, gt_boxes, gt_labels, gt_valid)
             logits, deltas = self.predictor(self.box_head(self.roi_pool(features, rois)))
             cls, box = fast_rcnn_loss(logits, deltas, labels.reshape(-1), targets.reshape(-1, 4),

@@ -25,9 +25,9 @@ class RoIPool(nn.Module):
                  sampling_ratio: int = 2) -> None:
         super().__init__()
         if mode not in ("pool", "align"):
-            raise ValueError(f"roi_pool.py: mode must be 'pool' or 'align', got {mode!r}")
+            raise ValueError(f"RoIPool: mode must be 'pool' or 'align', got {mode!r}")
         if output_size <= 0 or spatial_scale <= 0:
-            raise ValueError(f"roi_pool.py: output_size ({output_size}) and spatial_scale "
+            raise ValueError(f"RoIPool: output_size ({output_size}) and spatial_scale "
                              f"({spatial_scale}) must be positive")
         self.output_size = int(output_size)
         self.spatial_scale = float(spatial_scale)
@@ -60,10 +60,11 @@ class RoIPool(nn.Module):
                          sampling_ratio=self.sampling_ratio, aligned=True)
 
     @staticmethod
-    def _as_rows(rois: Tensor | list[Tensor], features: Tensor) -> Tensor:
+    def _as_rows(rois: Tensor | list[Tensor], features: Tensor, *, owner: str = "RoIPool") -> Tensor:
+        """``rois`` in any accepted layout -> ``(R, 5)`` rows; ``owner`` names the caller's class in errors."""
         if isinstance(rois, (list, tuple)):
             if len(rois) != features.shape[0]:
-                raise ValueError(f"roi_pool.py: {len(rois)} box lists for {features.shape[0]} images")
+                raise ValueError(f"{owner}: {len(rois)} box lists for {features.shape[0]} images")
             idx = torch.cat([torch.full((len(b),), i, dtype=torch.float32, device=features.device)
                              for i, b in enumerate(rois)])
             boxes = torch.cat([b.to(features.device, torch.float32).reshape(-1, 4) for b in rois])
@@ -74,5 +75,5 @@ class RoIPool(nn.Module):
             return torch.cat((idx, rois), dim=2).reshape(-1, 5)
         if rois.dim() == 2 and rois.shape[1] == 5:
             return rois
-        raise ValueError(f"roi_pool.py: rois must be a list of (P, 4), (N, P, 4) or (R, 5), "
+        raise ValueError(f"{owner}: rois must be a list of (P, 4), (N, P, 4) or (R, 5), "
                          f"got shape {tuple(rois.shape)}")

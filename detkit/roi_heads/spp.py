@@ -39,7 +39,7 @@ def best_scale(boxes: Tensor, scales: Sequence[float] | Tensor, *, target: float
     """
     factors = torch.as_tensor(scales, dtype=torch.float64, device=boxes.device).reshape(-1)
     if factors.numel() == 0 or bool((factors <= 0).any()):
-        raise ValueError(f"spp.py: scales must be positive numbers, got {list(factors.tolist())}")
+        raise ValueError(f"best_scale: scales must be positive numbers, got {list(factors.tolist())}")
     if image_size is not None:
         factors = factors / min(image_size)
     b = boxes.to(torch.float64)
@@ -59,7 +59,7 @@ class SpatialPyramidPool(nn.Module):
         super().__init__()
         levels = tuple(int(v) for v in levels)
         if not levels or any(v <= 0 for v in levels) or spatial_scale <= 0:
-            raise ValueError(f"spp.py: levels must be positive ints and spatial_scale positive, "
+            raise ValueError(f"SpatialPyramidPool: levels must be positive ints and spatial_scale positive, "
                              f"got {levels}, {spatial_scale}")
         self.levels = levels
         self.spatial_scale = float(spatial_scale)
@@ -81,8 +81,8 @@ class SpatialPyramidPool(nn.Module):
             ``(R, C * num_bins)``.
         """
         if features.dim() != 4:
-            raise ValueError(f"spp.py: features must be (N, C, H, W), got {tuple(features.shape)}")
-        rows = RoIPool._as_rows(rois, features).to(features.dtype)
+            raise ValueError(f"SpatialPyramidPool: features must be (N, C, H, W), got {tuple(features.shape)}")
+        rows = RoIPool._as_rows(rois, features, owner="SpatialPyramidPool").to(features.dtype)
         return torch.cat([roi_pool(features, rows, level, self.spatial_scale).flatten(1)
                           for level in self.levels], dim=1)
 
@@ -102,7 +102,7 @@ class SpatialPyramidPool(nn.Module):
         """
         n = len(rois)
         if scale_factors.shape != (n, len(features)):
-            raise ValueError(f"spp.py: scale_factors must be ({n}, {len(features)}), got "
+            raise ValueError(f"SpatialPyramidPool: scale_factors must be ({n}, {len(features)}), got "
                              f"{tuple(scale_factors.shape)}")
         dev, dtype = features[0].device, features[0].dtype
         boxes = torch.cat([r.to(dev, torch.float32).reshape(-1, 4) for r in rois])

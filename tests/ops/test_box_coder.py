@@ -58,5 +58,5 @@ def test_clip_boxes_per_image():
 
 
 def test_bad_weights():
-    with pytest.raises(ValueError, match="box_coder.py"):
+    with pytest.raises(ValueError, match="^BoxCoder: "):
         BoxCoder((1.0, 1.0, 0.0, 1.0))

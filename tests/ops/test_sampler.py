@@ -50,5 +50,5 @@ def test_no_boxes_and_bad_input():
     index, positive, valid = sample_balanced(torch.zeros((2, 0), dtype=torch.int8), num_samples=8,
                                              positive_fraction=0.5)
     assert index.shape == (2, 8) and not valid.any()
-    with pytest.raises(ValueError, match="sampler.py"):
+    with pytest.raises(ValueError, match="^sample_balanced: "):
         sample_balanced(torch.zeros(5), num_samples=4, positive_fraction=0.5)

@@ -125,7 +125,7 @@ def test_linear_to_conv_shares_weights():
     assert conv.weight.data_ptr() == lin.weight.data_ptr()
     x = torch.randn(5, 2, 3, 3)
     torch.testing.assert_close(conv(x)[:, :, 0, 0], lin(x.flatten(1)))
-    with pytest.raises(ValueError, match="fully_conv.py"):
+    with pytest.raises(ValueError, match="^linear_to_conv: "):
         linear_to_conv(lin, 3, 3)
 
 
@@ -136,6 +136,6 @@ def test_window_boxes():
 
 
 def test_unknown_network_is_a_clear_error():
-    with pytest.raises(ValueError, match="fully_conv.py"):
+    with pytest.raises(ValueError, match="^fully_convolutional: "):
         fully_convolutional(nn.Linear(3, 3))
     assert isinstance(fully_convolutional(ToyNet(), input_size=14), FullyConvNet)

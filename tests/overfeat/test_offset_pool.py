@@ -50,7 +50,7 @@ def test_offset_pool_then_interleave_equals_stride1_pool():
 
 
 def test_bad_input_is_a_clear_error():
-    with pytest.raises(ValueError, match="offset_pool.py"):
+    with pytest.raises(ValueError, match="^offset_max_pool: "):
         offset_max_pool(torch.zeros(3, 4, 4), nn.MaxPool2d(2, 2), 2)
-    with pytest.raises(ValueError, match="offset_pool.py"):
+    with pytest.raises(ValueError, match="^interleave_offsets: "):
         interleave_offsets(torch.zeros(5, 1, 2, 2), 2)

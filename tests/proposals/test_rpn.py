@@ -106,7 +106,7 @@ def test_losses_finite_and_decrease():
 
 def test_training_needs_ground_truth_and_matching_anchor_count():
     rpn = _rpn().train()
-    with pytest.raises(ValueError, match="rpn.py"):
+    with pytest.raises(ValueError, match="^RegionProposalNetwork: "):
         rpn(torch.randn(1, 8, 4, 4), torch.tensor([[64, 64]]))
-    with pytest.raises(ValueError, match="rpn.py"):
+    with pytest.raises(ValueError, match="^RegionProposalNetwork: "):
         RegionProposalNetwork(head=RPNHead(in_channels=8, num_anchors=3), anchor_generator=AnchorGenerator())

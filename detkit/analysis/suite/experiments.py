@@ -164,11 +164,9 @@ def compact(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    """Atomic (temp file + rename): a call killed mid-write leaves the previous file whole."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
-    os.replace(tmp, path)
+    """Atomic (``detkit.utils.atomic``): a call killed mid-write leaves the previous file whole."""
+    from detkit.utils.atomic import atomic_write_text
+    atomic_write_text(path, json.dumps(obj, indent=1) + "\n")
 
 
 def _tail(path: Path, chars: int = 2500) -> str:
