@@ -167,17 +167,10 @@ def rpn_proposals(args, data: DetectionData) -> tuple[dict, dict, str, str]:
 
     Boxes: ``{image_id: (P, 4) float32}`` original-image xyxy, by descending objectness.
     """
-    import functools
-
-    import torch
-    from torch.utils.data import DataLoader
-    from tqdm import tqdm
-
-    from detkit.data.dataset import DetectionDataset, collate_detections
     from detkit.data.transforms import eval_transforms
     from detkit.engine.checkpoint import CheckpointError, model_from_checkpoint
     from detkit.engine.distributed import resolve_device
-    from detkit.engine.evaluator import to_original_coords
+    from detkit.engine.inference import rpn_proposals as run_rpn
     from detkit.proposals.rpn import RegionProposalNetwork
 
     model, ckpt = model_from_checkpoint(args.checkpoint)
@@ -185,31 +178,15 @@ def rpn_proposals(args, data: DetectionData) -> tuple[dict, dict, str, str]:
         method = (ckpt.get("config") or {}).get("method", {}).get("name", type(model).__name__)
         raise CheckpointError(f"{args.checkpoint}: a {method!r} model has no region proposal network; "
                               "--proposer rpn needs a Faster R-CNN checkpoint")
-    if args.rpn_top_n is not None:  # test-time post-NMS count (the model's rpn_post_nms_top_n_test)
-        model.rpn.post_nms_top_n[False] = int(args.rpn_top_n)
-    top_n = model.rpn.post_nms_top_n[False]
+    # test-time post-NMS count: --rpn-top-n, else the model's rpn_post_nms_top_n_test
+    top_n = int(args.rpn_top_n) if args.rpn_top_n is not None else model.rpn.post_nms_top_n[False]
     tf = dict((ckpt["config"].get("data") or {}).get("transforms") or {})
-    transform = eval_transforms(tf)
     device = resolve_device(args.device)
-    model.to(device)
-    loader = DataLoader(DetectionDataset(data, transform), batch_size=args.batch_size, shuffle=False,
-                        num_workers=args.loader_workers,
-                        collate_fn=functools.partial(collate_detections, size_divisible=32))  # as the evaluator
-    boxes, seconds = {}, 0.0
-    with torch.inference_mode(), tqdm(total=len(data.records), unit="img", desc=f"rpn {data.name}",
-                                      disable=args.no_progress) as bar:
-        for batch, targets in loader:
-            batch = batch.to(device)
-            start = time.perf_counter()
-            images, image_hw = model.preprocess(batch)
-            props, valid, _ = model.rpn(model.backbone(images), image_hw)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            seconds += time.perf_counter() - start
-            for i, t in enumerate(targets):
-                b = to_original_coords(props[i][valid[i]].float(), t["size"], t["orig_size"])
-                boxes[t["image_id"]] = b[: args.max_proposals].cpu().numpy()
-            bar.update(len(targets))
+    timing: dict[str, float] = {}
+    boxes = run_rpn(model, data, eval_transforms(tf), device=device, top_n=top_n, batch_size=args.batch_size,
+                    num_workers=args.loader_workers, progress=not args.no_progress, timing=timing)
+    boxes = {i: b[: args.max_proposals] for i, b in boxes.items()}
+    seconds = timing["seconds"]
     fields = {"checkpoint": str(args.checkpoint), "method": ckpt["config"].get("method", {}).get("name"),
               "device": str(device), "post_nms_top_n": top_n, "seconds_per_image": seconds / len(data.records),
               "transforms": {"min_size": tf.get("min_size", 600), "max_size": tf.get("max_size", 1000)}}

@@ -36,7 +36,6 @@ plus the proposal pass that ends steps 1 and 3); ``train_step_seconds`` has each
 """
 from __future__ import annotations
 
-import functools
 import logging
 import random
 import time
@@ -50,6 +49,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from detkit.engine.checkpoint import atomic_torch_save, load_checkpoint, load_model_weights, make_state
+from detkit.engine.inference import rpn_proposals
 from detkit.engine.run_guard import fingerprint, guard_run_dir, stale_keys
 from detkit.engine.trainer import Trainer
 
@@ -110,47 +110,6 @@ def set_trainable(model: nn.Module, parts: Iterable[nn.Module], allowed: dict[in
     for p in model.parameters():
         if id(p) in train_ids and allowed[id(p)]:
             p.requires_grad_(True)
-
-
-@torch.no_grad()
-def rpn_proposals(model: nn.Module, data, *, min_size, max_size: int, device: torch.device, top_n: int = 2000,
-                  pre_nms_top_n: int | None = None, batch_size: int = 2, amp: str = "none",
-                  progress: bool = True) -> dict[int, np.ndarray]:
-    """A Faster R-CNN's RPN proposals for every image of ``data`` (``DetectionData``).
-
-    Each image is resized as in testing (``min_size`` / ``max_size``); the RPN keeps
-    ``pre_nms_top_n`` boxes by objectness (default: its training setting), NMS, then ``top_n``
-    (the paper trains Fast R-CNN on 2000 per image). Returns ``{image_id: (P, 4) float32}`` xyxy in
-    ORIGINAL-image pixels, best first. (tools/proposals.py's ``--proposer rpn`` does the same from
-    a checkpoint file inside the tool, so it is not importable here.)
-    """
-    from torch.utils.data import DataLoader
-
-    from detkit.data.dataset import DetectionDataset, collate_detections
-    from detkit.data.transforms import build_transforms
-    from detkit.engine.evaluator import autocast_context, to_original_coords
-
-    rpn, was_training = model.rpn, model.training
-    saved = (rpn.pre_nms_top_n[False], rpn.post_nms_top_n[False])
-    rpn.pre_nms_top_n[False] = int(pre_nms_top_n or rpn.pre_nms_top_n[True])
-    rpn.post_nms_top_n[False] = int(top_n)
-    ds = DetectionDataset(data, build_transforms(train=False, min_size=min_size, max_size=max_size))
-    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, generator=torch.Generator(),
-                        collate_fn=functools.partial(collate_detections, size_divisible=32))
-    out: dict[int, np.ndarray] = {}
-    model.eval().to(device)
-    try:
-        for batch, targets in tqdm(loader, desc="rpn proposals", unit="batch", disable=not progress, leave=False):
-            with autocast_context(device, amp):
-                images, image_hw = model.preprocess(batch.to(device))
-                props, valid, _ = rpn(model.backbone(images), image_hw)
-            for i, t in enumerate(targets):
-                b = to_original_coords(props[i][valid[i]].float(), t["size"], t["orig_size"])
-                out[int(t["image_id"])] = b.cpu().numpy().astype(np.float32).reshape(-1, 4)
-    finally:
-        rpn.pre_nms_top_n[False], rpn.post_nms_top_n[False] = saved
-        model.train(was_training)
-    return out
 
 
 def step_solver(conf: dict, k: int) -> dict[str, Any]:
@@ -257,10 +216,8 @@ def train_alternating(cfg, *, start: str | None = None) -> dict[str, Any]:
     from detkit.data.transforms import build_transforms
     from detkit.engine import distributed as ddp
     from detkit.engine.checkpoint import build_model
-    from detkit.engine.evaluator import score_detections, timed_predict, write_json
+    from detkit.engine.report import test_and_report
     from detkit.engine.setup import fit_auto_anchors, load_split, prepare_data, set_algorithms
-    from detkit.utils.provenance import run_facts
-    from detkit.evaluation.detections import save_detections
     from detkit.methods.faster_rcnn import FasterRCNN
     from detkit.proposals.cache import read_proposals_file, write_proposals_file
 
@@ -311,8 +268,10 @@ def train_alternating(cfg, *, start: str | None = None) -> dict[str, Any]:
         """After steps 1 and 3: the RPN's train-split proposals; then ``step_<k>.pt``."""
         if STEPS[k] == "rpn":
             t0 = time.perf_counter()
-            props = rpn_proposals(model, train_data, min_size=min_size, max_size=max_size, device=device,
-                                  top_n=top_n, batch_size=int(dict(conf.get("test") or {}).get("batch_size", 2)),
+            # at the test resize; pre-NMS count of training (the RPN's train setting), then top_n
+            props = rpn_proposals(model, train_data, build_transforms(train=False, min_size=min_size, max_size=max_size),
+                                  device=device, top_n=top_n, pre_nms_top_n=model.rpn.pre_nms_top_n[True],
+                                  batch_size=int(dict(conf.get("test") or {}).get("batch_size", 2)),
                                   amp=amp, progress=progress)
             write_proposals_file(_proposals_path(run_dir, k), props, train_data)
             record["proposal_seconds"] = time.perf_counter() - t0
@@ -365,23 +324,13 @@ def train_alternating(cfg, *, start: str | None = None) -> dict[str, Any]:
     if test_cfg.get("enabled", True) and data_cfg.get("test"):
         test_data = load_split(data_cfg, "test", names)
         test_set = DetectionDataset(test_data, build_transforms(train=False, min_size=min_size, max_size=max_size))
-        dets, timing = timed_predict(model, test_set, device=device, batch_size=int(test_cfg.get("batch_size", 2)),
-                                     num_workers=int(test_cfg.get("num_workers", 0)), amp=amp,
-                                     channels_last=bool(conf.get("channels_last", False)), progress=progress,
-                                     desc="test")
-        scores = score_detections(dets, test_data, coco=bool(test_cfg.get("coco", True)))
-        summary["test"] = scores
-        save_detections(run_dir / "detections.json", dets, test_data)
-        write_json(run_dir / "metrics.json", {
-            "data": test_data.name, "num_images": len(test_data), "training": "alternating",
-            "iteration": iteration, "max_iters": sum(int(r["max_iters"]) for r in info.values()),
-            "max_time_s": conf["solver"].get("max_time_s"),
-            **{key: summary[key] for key in ("train_seconds", "train_step_seconds", "train_images_per_second",
-                                             "stopped_by")},
-            "batch_size": int(conf["solver"].get("batch_size", 2)),
-            "test_seconds_per_image": timing["seconds_per_image"],
-            "test_model_seconds_per_image": timing["model_seconds_per_image"],
-            "alternating": info, **run_facts(device), **scores})
-        tqdm.write(f"test mAP: VOC07 {scores['voc07']['mAP']}  VOC12 {scores['voc12']['mAP']}  "
-                   f"-> {run_dir / 'metrics.json'}")
+        facts = {"training": "alternating", "iteration": iteration,
+                 "max_iters": sum(int(r["max_iters"]) for r in info.values()),
+                 "max_time_s": conf["solver"].get("max_time_s"),
+                 **{key: summary[key] for key in ("train_seconds", "train_step_seconds", "train_images_per_second",
+                                                  "stopped_by")},
+                 "batch_size": int(conf["solver"].get("batch_size", 2)), "alternating": info}
+        summary["test"] = test_and_report(model, test_data, test_set, run_dir=run_dir, device=device,
+                                          test_cfg=test_cfg, facts=facts, amp=amp,
+                                          channels_last=bool(conf.get("channels_last", False)), progress=progress)
     return summary

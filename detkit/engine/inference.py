@@ -67,3 +67,62 @@ def detect(model: nn.Module, images: Sequence[np.ndarray], transform, *, device:
         outputs = model(batch, **kwargs)
     return [detection_entry(out, {"size": tuple(t.shape[1:]), "orig_size": im.shape[:2]})
             for out, t, im in zip(outputs, inputs, images)]
+
+
+@torch.no_grad()
+def rpn_proposals(model: nn.Module, data, transform, *, device: torch.device | str = "cpu",
+                  top_n: int | None = None, pre_nms_top_n: int | None = None, batch_size: int = 2,
+                  num_workers: int = 0, amp: str = "none", progress: bool = True,
+                  timing: dict[str, float] | None = None) -> dict[int, np.ndarray]:
+    """A Faster R-CNN's RPN proposals (trunk + RPN only) for every image of ``data`` (``DetectionData``).
+
+    Each image is resized by ``transform`` (the run's test transform); the RPN keeps
+    ``pre_nms_top_n`` boxes by objectness, NMS, then ``top_n`` (``None``: the model's test-time
+    settings). Used by 4-step alternating training (Fast R-CNN trains on these) and by
+    ``detkit proposals --proposer rpn`` (their recall).
+
+    Returns:
+        ``{image_id: (P, 4) float32}`` xyxy in ORIGINAL-image pixels, best first. With ``timing``,
+        ``seconds`` (trunk + RPN, GPU-synchronised) and ``images`` are added to it.
+    """
+    import functools
+    import time
+
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+
+    from detkit.data.dataset import DetectionDataset, collate_detections
+    from detkit.engine.evaluator import to_original_coords
+
+    device = torch.device(device)
+    rpn, was_training = model.rpn, model.training
+    saved = (rpn.pre_nms_top_n[False], rpn.post_nms_top_n[False])
+    if pre_nms_top_n is not None:
+        rpn.pre_nms_top_n[False] = int(pre_nms_top_n)
+    if top_n is not None:
+        rpn.post_nms_top_n[False] = int(top_n)
+    loader = DataLoader(DetectionDataset(data, transform), batch_size=batch_size, shuffle=False,
+                        num_workers=num_workers, generator=torch.Generator(),
+                        collate_fn=functools.partial(collate_detections, size_divisible=32))  # as the evaluator
+    out: dict[int, np.ndarray] = {}
+    seconds = 0.0
+    model.eval().to(device)
+    try:
+        for batch, targets in tqdm(loader, desc="rpn proposals", unit="batch", disable=not progress, leave=False):
+            start = time.perf_counter()
+            with autocast_context(device, amp):
+                images, image_hw = model.preprocess(batch.to(device))
+                props, valid, _ = rpn(model.backbone(images), image_hw)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            seconds += time.perf_counter() - start
+            for i, t in enumerate(targets):
+                b = to_original_coords(props[i][valid[i]].float(), t["size"], t["orig_size"])
+                out[int(t["image_id"])] = b.cpu().numpy().astype(np.float32).reshape(-1, 4)
+    finally:
+        rpn.pre_nms_top_n[False], rpn.post_nms_top_n[False] = saved
+        model.train(was_training)
+    if timing is not None:
+        timing["seconds"] = timing.get("seconds", 0.0) + seconds
+        timing["images"] = timing.get("images", 0) + len(out)
+    return out

@@ -18,8 +18,8 @@ continues where it stopped, a finished one skips to the test, and a changed sett
 the box regression's lambda, ...) recomputes its stage and every later one, the log naming the keys
 that changed. Stage 1's trainer continues its own ``finetune/last.pt`` only when that was trained
 under the same settings (its length aside). Then ``last.pt``
-(for ``tools/infer.py`` / ``tools/eval.py``), the test split's ``detections.json`` and
-``metrics.json``, as ``train_from_config`` writes them.
+(for ``detkit infer`` / ``detkit.load``), and the test tail every recipe shares
+(``detkit.engine.report``: the test split's ``detections.json`` and ``metrics.json``).
 
 Proposals come from ``data.proposals`` (``detkit.proposals.source``: a file, or selective search
 cached on disk); they reach the model through
@@ -32,7 +32,7 @@ resumed run while stage 1 is the same) or ``auto`` (memory up
 to ``memory_limit_mb``). Its size, ``regions x D x 2`` bytes, is logged before anything is written.
 The SVM solver then holds all features on the model's device. Single process only (no DDP).
 
-Cost in ``metrics.json`` (the fields of ``detkit.engine.run``): ``train_seconds`` is the sum of the
+Cost in ``metrics.json`` (beside the test tail's fields): ``train_seconds`` is the sum of the
 stages' wall times (``train_stage_seconds`` has each; a stage finished by an earlier, resumed call
 keeps the seconds it took then), ``train_images_per_second`` and ``stopped_by`` are stage 1's
 (``method.stages.finetune.max_time_s`` bounds it), ``test_seconds_per_image`` the whole test pass
@@ -293,51 +293,25 @@ def fit_bbox(model, dataset, conf: dict, device, progress: bool) -> dict:
     return {"examples": reg_model.num_examples.tolist()}
 
 
-# ---------------------------------------------------------------------- test and the driver
-@torch.no_grad()
-def predict_with_proposals(model, dataset, *, device, batch_size: int = 1,
-                           progress: bool = True, desc: str = "test") -> tuple[dict, float]:
-    """Detections (the evaluation contract, original-image pixels) of every image, computed on the
-    dataset's proposals; also the mean seconds per image (proposal search excluded)."""
-    from detkit.data.batch import ImageBatch
-    from detkit.engine.evaluator import detection_entry
-
-    model.eval()
-    results, seconds = {}, 0.0
-    order = range(0, len(dataset), batch_size)
-    for start in tqdm(order, desc=desc, unit="batch", disable=not progress, leave=False):
-        items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-        batch = ImageBatch.from_images([im for im, _ in items]).to(device)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        outputs = model(batch, proposals=[t["proposals"].to(device) for _, t in items])
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        seconds += time.perf_counter() - t0
-        for out, (_, tgt) in zip(outputs, items):
-            results[int(tgt["image_id"])] = detection_entry(out, tgt)
-    return results, seconds / max(len(dataset), 1)
-
-
+# ---------------------------------------------------------------------- the driver
 def train_stages(cfg, *, start: str | None = None) -> dict[str, Any]:
-    """``tools/train.py`` for R-CNN / SPPNet: stages 1-3 (reusing finished ones on ``resume``),
-    ``last.pt``, then the test split's ``metrics.json`` / ``detections.json`` like
-    ``train_from_config``. ``start``: :func:`detkit.engine.run_guard.guard_run_dir`'s answer
+    """The ``stages`` recipe (R-CNN, SPPNet): stages 1-3 (reusing finished ones on ``resume``),
+    ``last.pt``, then the test tail (``detkit.engine.report``). ``start``: :func:`detkit.engine.run_guard.guard_run_dir`'s answer
     (computed here when not given)."""
     from omegaconf import DictConfig, OmegaConf
 
     from detkit.engine import distributed as ddp
     from detkit.engine.checkpoint import build_model
-    from detkit.engine.evaluator import score_detections, write_json
+    from detkit.engine.report import test_and_report
     from detkit.engine.setup import load_split, prepare_data
-    from detkit.evaluation.detections import save_detections
 
     conf = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     if "stages" not in conf["method"]:
         raise ValueError(f"method {conf['method'].get('name')!r} has no 'stages' node (configs/method/rcnn.yaml)")
     ddp.require_one_process(f"{conf['method'].get('name')}'s stage-wise training")
     start = start or guard_run_dir(conf)
+    if (conf.get("compile") or {}).get("enabled", False):
+        log.warning("compile.enabled is ignored by %s's stage-wise training", conf["method"].get("name"))
     device, progress = ddp.resolve_device(conf.get("device", "auto")), bool(conf.get("progress", True))
     seed, data_cfg, run_dir = int(conf.get("seed", 0)), conf["data"], Path(conf["run_dir"])
     random.seed(seed)
@@ -381,25 +355,14 @@ def train_stages(cfg, *, start: str | None = None) -> dict[str, Any]:
     atomic_torch_save(make_state(model=model, iteration=iteration, config=conf, class_names=names,
                                  category_ids=cat_ids, metrics={"stages": info}), run_dir / "last.pt")
     summary: dict[str, Any] = {"iteration": iteration, "stages": info, "checkpoint": str(run_dir / "last.pt")}
-    if test_set is not None:
-        from detkit.utils.provenance import run_facts
-
-        wall = time.perf_counter()
-        dets, sec = predict_with_proposals(model, test_set, device=device, progress=progress,
-                                           batch_size=int(test_cfg.get("batch_size", 1)))
-        wall = (time.perf_counter() - wall) / max(len(test_set), 1)
+    if test_set is not None:  # the test tail of every recipe; proposal search excluded (given)
         ft = info.get("finetune", {})
-        cost = {"train_seconds": sum(float(v.get("seconds", 0.0)) for v in info.values()),
-                "train_stage_seconds": {k: v.get("seconds") for k, v in info.items()},
-                "train_images_per_second": ft.get("train_images_per_second"),
-                "stopped_by": ft.get("stopped_by", "max_iters"),
-                "test_seconds_per_image": wall, "test_model_seconds_per_image": sec, **run_facts(device)}
-        scores = score_detections(dets, test_data, coco=bool(test_cfg.get("coco", True)))
+        facts = {"iteration": iteration, "stages": info,
+                 "train_seconds": sum(float(v.get("seconds", 0.0)) for v in info.values()),
+                 "train_stage_seconds": {k: v.get("seconds") for k, v in info.items()},
+                 "train_images_per_second": ft.get("train_images_per_second"),
+                 "stopped_by": ft.get("stopped_by", "max_iters")}
+        scores = test_and_report(model, test_data, test_set, run_dir=run_dir, device=device, test_cfg=test_cfg,
+                                 facts=facts, progress=progress, default_batch_size=1)
         summary["test"] = scores
-        save_detections(run_dir / "detections.json", dets, test_data)
-        write_json(run_dir / "metrics.json", {"data": test_data.name, "num_images": len(test_data),
-                                              "iteration": iteration, "seconds_per_image": sec,
-                                              "stages": info, **cost, **scores})
-        tqdm.write(f"test mAP: VOC07 {scores['voc07']['mAP']}  VOC12 {scores['voc12']['mAP']}  "
-                   f"({sec:.3f} s/img) -> {run_dir / 'metrics.json'}")
     return summary

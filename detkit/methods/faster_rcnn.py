@@ -26,6 +26,8 @@ class FasterRCNN(TwoStageDetector):
     eval returns one ``{"boxes", "scores", "labels"}`` per image in the batch's image coordinates.
     """
 
+    proposals = "rpn"
+
     def __init__(self, *, backbone: Backbone, rpn: RegionProposalNetwork, roi_head: FastRCNNHead,
                  num_classes: int, train_on_difficult: bool = True, channels_last: bool = False) -> None:
         super().__init__(backbone=backbone, num_classes=num_classes,

@@ -42,7 +42,7 @@ from torch import Tensor, nn
 
 from detkit.backbones.base import IMAGENET_MEAN, IMAGENET_STD
 from detkit.data.batch import ImageBatch
-from detkit.methods.detector import TwoStageDetector
+from detkit.methods.base import Detector
 from detkit.ops.box_coder import clip_boxes
 from detkit.ops.matcher import Matcher, batched_box_iou
 from detkit.ops.sampler import sample_balanced
@@ -55,7 +55,7 @@ from detkit.roi_heads.fast_rcnn import fast_rcnn_loss
 __all__ = ["OverFeat", "overfeat"]
 
 
-class OverFeat(nn.Module):
+class OverFeat(Detector):
     """OverFeat detector following the detector contract (see the module docstring).
 
     Args:
@@ -69,6 +69,10 @@ class OverFeat(nn.Module):
     "labels"}`` per image in the batch's image coordinates.
     """
 
+    phases = {"preprocess": ["preprocess"], "trunk": ["dense"], "region_head": ["net.classifier", "regressor"],
+              "postprocess": ["detect"], "rois": ["net.classifier"]}
+    proposals = "dense windows"
+
     def __init__(self, *, net: FullyConvNet, regressor: BoxRegressionNet, num_classes: int,
                  scales: Sequence[float], max_size: int = 2000, offset_pooling: bool = True,
                  fg_iou_thresh: float = 0.5, bg_iou_thresh: float = 0.3, batch_size_per_image: int = 128,
@@ -79,9 +83,8 @@ class OverFeat(nn.Module):
                  detections_per_img: int = 100, train_on_difficult: bool = True,
                  pixel_mean: Sequence[float] = IMAGENET_MEAN, pixel_std: Sequence[float] = IMAGENET_STD,
                  channels_last: bool = False) -> None:
-        super().__init__()
-        if num_classes < 1:
-            raise ValueError(f"OverFeat: num_classes must be >= 1, got {num_classes}")
+        super().__init__(num_classes=num_classes, pixel_mean=pixel_mean, pixel_std=pixel_std,
+                         train_on_difficult=train_on_difficult, channels_last=channels_last)
         if not scales or any(float(q) <= 0 for q in scales):
             raise ValueError(f"OverFeat: scales must be positive window/shorter-side fractions, got {scales}")
         if box_loss_norm not in ("positives", "samples"):
@@ -96,7 +99,6 @@ class OverFeat(nn.Module):
         if regressor.num_classes != num_classes or regressor.window != net.window:
             raise ValueError("OverFeat: the regressor must predict num_classes boxes over net.window windows")
         self.net, self.regressor = net, regressor
-        self.num_classes = int(num_classes)
         self.scales = tuple(float(q) for q in scales)
         self.max_size = int(max_size)
         self.offset_pooling = bool(offset_pooling)
@@ -108,19 +110,7 @@ class OverFeat(nn.Module):
         self.merge_confidence = merge_confidence
         self.nms_thresh, self.score_thresh = float(nms_thresh), float(score_thresh)
         self.pre_merge_top_n, self.detections_per_img = int(pre_merge_top_n), int(detections_per_img)
-        self.train_on_difficult = bool(train_on_difficult)
-        self.channels_last = bool(channels_last)
-        mean = torch.tensor(pixel_mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
-        std = torch.tensor(pixel_std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
-        self.register_buffer("pixel_mean", mean, persistent=False)
-        self.register_buffer("pixel_std", std, persistent=False)
-        if self.channels_last:
-            self.to(memory_format=torch.channels_last)
-
-    # The input normalisation and target padding are the two-stage detectors'; they use only
-    # pixel_mean/std, channels_last, num_classes and train_on_difficult, all set above.
-    preprocess = TwoStageDetector.preprocess
-    prepare_targets = TwoStageDetector.prepare_targets
+        self._finish_init()
 
     def forward(self, batch: ImageBatch, targets: list[dict] | None = None):
         images, image_hw = self.preprocess(batch)

@@ -60,6 +60,11 @@ class RegionDetector(TwoStageDetector):
             (``detkit.proposals.selective_search``) when no proposals are given.
     """
 
+    # R-CNN: no shared trunk pass, the whole network runs per warped region.
+    phases = {"preprocess": ["preprocess"], "region_head": ["region_features"], "postprocess": ["detect"],
+              "rois": ["backbone.region_head"]}
+    proposals = "given"
+
     def __init__(self, *, backbone: Backbone, num_classes: int, feature_dim: int, pool_dim: int,
                  scorer: str = "svm", score_thresh: float = -1.0, nms_thresh: float = 0.3,
                  detections_per_img: int = 100, fg_iou_thresh: float = 0.5, bg_iou_thresh_lo: float = 0.0,

@@ -61,6 +61,9 @@ class SPPNet(RegionDetector):
     ``(R, head_channels)`` (SVMs).
     """
 
+    phases = {"preprocess": ["preprocess"], "trunk": ["conv_maps"], "region_head": ["region_features"],
+              "postprocess": ["detect"], "rois": ["backbone.region_head"]}
+
     def __init__(self, *, backbone: Backbone, num_classes: int, levels: Sequence[int] = (6, 3, 2, 1),
                  scales: Sequence[int] | None = PAPER_SCALES, target: float = 224.0,
                  train_trunk: bool = False, **kwargs) -> None:

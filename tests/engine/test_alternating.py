@@ -160,8 +160,8 @@ def test_step_solver_overrides_and_bad_key():
     conf["method"]["alternating"]["step_2"] = {"iters": 5}
     with pytest.raises(ValueError, match=r"step_2.*iters"):
         alternating.step_solver(conf, 2)
-    with pytest.raises(ValueError, match="joint.*alternating"):
-        train_from_config({"method": {"name": "faster_rcnn", "training": "alternate"}})
+    with pytest.raises(ValueError, match="method.recipe must be one of joint, stages, alternating, got 'alternate'"):
+        train_from_config({"method": {"name": "faster_rcnn", "training": "alternate", "recipe": "alternate"}})
 
 
 def test_alternating_refuses_torchrun(monkeypatch):
@@ -187,3 +187,12 @@ def test_changed_step_setting_recomputes_that_step_and_later(trained, monkeypatc
         train_from_config(conf)
     assert ran == [3, 4]
     assert "method.alternating.step_3.lr" in caplog.text
+
+
+def test_the_method_config_names_the_recipe():
+    """The recipe comes from the method config (method.recipe); Faster R-CNN's follows method.training."""
+    from detkit.engine.config import compose_run_config
+    assert compose_run_config(["method=faster_rcnn"])["method"]["recipe"] == "joint"
+    assert compose_run_config(["method=faster_rcnn", "method.training=alternating"])["method"]["recipe"] == "alternating"
+    assert {compose_run_config([f"method={m}"])["method"]["recipe"] for m in ("rcnn", "sppnet")} == {"stages"}
+    assert {compose_run_config([f"method={m}"])["method"]["recipe"] for m in ("fast_rcnn", "overfeat")} == {"joint"}

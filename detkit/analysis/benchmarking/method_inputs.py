@@ -1,5 +1,5 @@
-"""What the benchmark needs to know about each detection method: where its phases are, where its
-proposals come from, and the test-time parts a random-weight model lacks.
+"""What the benchmark reads from each detection method — the phases and proposal source it declares
+(``detkit.methods.base.Detector``) — and the test-time parts a random-weight model lacks.
 
 The five methods split one test-time call differently (proposals, trunk, region head, post-processing); phases are mapped onto the
 benchmark's ``trunk / proposals / region_head / postprocess`` (:data:`~detkit.analysis.benchmarking.benchmark.INFER_PHASES`)
@@ -29,71 +29,23 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-# Paths on a detkit detector (a module path is hooked, a method path is wrapped); "rois" counts
-# the regions (or dense windows) the region head ran on, from the hooked module's output.
-DETKIT_PHASES: dict[str, list[str]] = {
-    "preprocess": ["preprocess"],
-    "trunk": ["backbone.trunk"],
-    "proposals": ["rpn"],
-    "roi_sampling": ["roi_head.sample"],
-    "region_head": ["roi_head.roi_pool", "roi_head.box_head", "roi_head.predictor"],
-    "postprocess": ["roi_head.postprocess"],
-    "rois": ["roi_head.predictor"],  # not a phase: counts the regions its first output has
-}
-RCNN_PHASES: dict[str, list[str]] = {
-    "preprocess": ["preprocess"],
-    "region_head": ["region_features"],
-    "postprocess": ["detect"],
-    "rois": ["backbone.region_head"],
-}
-SPPNET_PHASES: dict[str, list[str]] = {
-    "preprocess": ["preprocess"],
-    "trunk": ["conv_maps"],
-    "region_head": ["region_features"],
-    "postprocess": ["detect"],
-    "rois": ["backbone.region_head"],
-}
-OVERFEAT_PHASES: dict[str, list[str]] = {
-    "preprocess": ["preprocess"],
-    "trunk": ["dense"],
-    "region_head": ["net.classifier", "regressor"],
-    "postprocess": ["detect"],
-    "rois": ["net.classifier"],
-}
+from detkit.methods.base import ROI_HEAD_PHASES
 
-
-def method_kind(model: nn.Module) -> str:
-    """``"rcnn"``, ``"sppnet"``, ``"overfeat"``, ``"fast_rcnn"``, ``"faster_rcnn"`` or ``"other"``."""
-    from detkit.methods.fast_rcnn import FastRCNN
-    from detkit.methods.faster_rcnn import FasterRCNN
-    from detkit.methods.overfeat import OverFeat
-    from detkit.methods.rcnn import RCNN
-    from detkit.methods.sppnet import SPPNet
-
-    for cls, name in ((SPPNet, "sppnet"), (RCNN, "rcnn"), (OverFeat, "overfeat"), (FastRCNN, "fast_rcnn"),
-                      (FasterRCNN, "faster_rcnn")):
-        if isinstance(model, cls):
-            return name
-    return "other"
+# Fast and Faster R-CNN's phase map (each method declares its own: ``Detector.phases``).
+DETKIT_PHASES: dict[str, list[str]] = ROI_HEAD_PHASES
 
 
 def phase_map(model: nn.Module) -> dict[str, list[str]]:
-    """The phase map of ``model``'s method (``DETKIT_PHASES`` for Fast/Faster R-CNN and others)."""
-    return {"rcnn": RCNN_PHASES, "sppnet": SPPNET_PHASES,
-            "overfeat": OVERFEAT_PHASES}.get(method_kind(model), DETKIT_PHASES)
+    """The phases ``model``'s method declares (``detkit.methods.base.Detector.phases``); Fast/Faster
+    R-CNN's for a model that declares none."""
+    return getattr(type(model), "phases", DETKIT_PHASES)
 
 
 def proposal_source(model: nn.Module, num_given: int) -> str:
-    """Where the method's regions come from at test time, for the table and the JSON."""
-    import inspect
-
-    if "proposals" in inspect.signature(model.forward).parameters:
-        return f"given ({num_given}/img)"
-    if hasattr(model, "rpn"):
-        return "RPN"
-    if method_kind(model) == "overfeat":
-        return "dense windows"
-    return "own"
+    """Where the method's regions come from at test time (its ``proposals`` declaration), for the
+    table and the JSON."""
+    source = getattr(type(model), "proposals", "own")
+    return f"given ({num_given}/img)" if source == "given" else {"rpn": "RPN"}.get(source, source)
 
 
 @torch.no_grad()

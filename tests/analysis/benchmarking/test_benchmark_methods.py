@@ -11,9 +11,7 @@ from torch import nn
 from detkit.analysis.benchmarking.benchmark import (
     INFER_PHASES, BenchmarkError, PhaseTimer, benchmark_detectors, phase_map, random_batch, random_boxes,
     relative_to_fastest)
-from detkit.analysis.benchmarking.method_inputs import (
-    DETKIT_PHASES, OVERFEAT_PHASES, RCNN_PHASES, SPPNET_PHASES, install_random_test_parts, method_kind,
-    proposal_source)
+from detkit.analysis.benchmarking.method_inputs import DETKIT_PHASES, install_random_test_parts, proposal_source
 from detkit.backbones.alexnet import alexnet, alexnet_backbone
 from detkit.methods.fast_rcnn import fast_rcnn
 from detkit.methods.overfeat import overfeat
@@ -93,12 +91,16 @@ def methods():
     }
 
 
-def test_phase_maps_and_proposal_sources(methods):
-    assert [method_kind(m) for m in methods.values()] == list(methods)
-    assert phase_map(methods["rcnn"]) is RCNN_PHASES and phase_map(methods["sppnet"]) is SPPNET_PHASES
-    assert phase_map(methods["overfeat"]) is OVERFEAT_PHASES and phase_map(methods["fast_rcnn"]) is DETKIT_PHASES
+def test_phase_maps_and_proposal_sources_are_the_methods_declarations(methods):
+    """Each method declares its phases and proposal source (detkit.methods.base.Detector)."""
+    from detkit.methods.overfeat import OverFeat
+    assert phase_map(methods["rcnn"]) is RCNN.phases and phase_map(methods["sppnet"]) is SPPNet.phases
+    assert phase_map(methods["overfeat"]) is OverFeat.phases and phase_map(methods["fast_rcnn"]) is DETKIT_PHASES
+    assert RCNN.phases["region_head"] == ["region_features"] and "trunk" not in RCNN.phases  # per-region network
+    assert SPPNet.phases["trunk"] == ["conv_maps"] and OverFeat.phases["trunk"] == ["dense"]
     assert [proposal_source(m, 7) for m in methods.values()] == ["given (7/img)", "given (7/img)",
                                                                   "dense windows", "given (7/img)"]
+    assert phase_map(nn.Linear(2, 2)) is DETKIT_PHASES and proposal_source(nn.Linear(2, 2), 7) == "own"
 
 
 @torch.no_grad()
