@@ -47,6 +47,7 @@ KINDS: dict[str, str] = {
     "outside_box": "dropped {n} box{es} wholly outside the image",
     "clipped_box": "clipped {n} box{es} to the image",
     "unknown_class": "dropped {n} object{s} of classes not in the class list",
+    "malformed_line": "dropped {n} label line{s} that are not 'class cx cy w h'",
     "unknown_category": "dropped {n} annotation{s} with unknown category ids",
     "unknown_image": "dropped {n} annotation{s} of unknown image ids",
     "duplicate_id": "kept the first of {n} duplicate image id{s}",

@@ -29,8 +29,9 @@ def resolve_root(root: str | Path) -> Path:
 
 
 def load_split(data_cfg: dict, split: str, class_names: Sequence[str] | None = None):
-    """The ``DetectionData`` of ``data_cfg[split]`` (``{roots, splits, ...}`` VOC or
-    ``{annotation_file, image_root, ...}`` COCO, extra keys passed to the loader), or ``None``."""
+    """The ``DetectionData`` of ``data_cfg[split]`` (``{roots, splits, ...}`` VOC,
+    ``{annotation_file, image_root, ...}`` COCO or ``{root, split, ...}`` YOLO; extra keys go to
+    the loader), or ``None``."""
     spec = data_cfg.get(split)
     if not spec:
         return None
@@ -46,7 +47,10 @@ def load_split(data_cfg: dict, split: str, class_names: Sequence[str] | None = N
         from detkit.data.coco import load_coco
         return load_coco(resolve_root(spec.pop("annotation_file")), resolve_root(spec.pop("image_root")),
                          class_names=names, name=name, **spec)
-    raise ValueError(f"data.format must be 'voc' or 'coco', got {fmt!r}")
+    if fmt == "yolo":
+        from detkit.data.yolo import load_yolo
+        return load_yolo(resolve_root(spec.pop("root")), spec.pop("split", split), names, name=name, **spec)
+    raise ValueError(f"data.format must be 'voc', 'coco' or 'yolo', got {fmt!r}")
 
 
 def prepare_data(data_cfg: dict) -> None:
