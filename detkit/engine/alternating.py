@@ -57,7 +57,7 @@ log = logging.getLogger("detkit.alternating")
 
 STEPS = {1: "rpn", 2: "detector", 3: "rpn", 4: "detector"}
 # What the steps depend on (method.model's test-time keys and run-length keys excepted: run_guard).
-STEP_INPUTS = ("seed", "amp", "channels_last", "data", "backbone", "method.name", "method.model", "solver",
+STEP_INPUTS = ("seed", "init_from", "amp", "channels_last", "data", "backbone", "method.name", "method.model", "solver",
                "method.alternating.proposals_per_image")
 STEP_NOT_INPUTS = ("data.val", "data.test", "data.proposals")
 TRAINER_KEYS = ("amp", "channels_last", "num_workers", "checkpoint_every", "keep_every", "log_every",
@@ -217,7 +217,7 @@ def train_alternating(cfg, *, start: str | None = None) -> dict[str, Any]:
     from detkit.engine import distributed as ddp
     from detkit.engine.checkpoint import build_model
     from detkit.engine.report import test_and_report
-    from detkit.engine.setup import fit_auto_anchors, load_split, prepare_data, set_algorithms
+    from detkit.engine.setup import apply_init_from, fit_auto_anchors, load_split, prepare_data, set_algorithms
     from detkit.methods.faster_rcnn import FasterRCNN
     from detkit.proposals.cache import read_proposals_file, write_proposals_file
 
@@ -253,6 +253,7 @@ def train_alternating(cfg, *, start: str | None = None) -> dict[str, Any]:
         np.random.seed(seed)
         torch.manual_seed(seed)
         model = build_model(conf, len(names))
+        apply_init_from(model, conf, names)  # steps 1 and 2 start from it
         if not isinstance(model, FasterRCNN):
             raise ValueError(f"method.training=alternating needs a Faster R-CNN (method.model._target_), "
                              f"got {type(model).__name__}")

@@ -251,6 +251,42 @@ def load_model_weights(model: nn.Module, state_dict: dict[str, Any], *, source: 
     model.load_state_dict(state_dict, strict=True)
 
 
+def init_weights_from(model: nn.Module, path: str | os.PathLike, class_names: Sequence[str]) -> dict[str, list[str]]:
+    """Start ``model`` from another run's checkpoint (``init_from``), as far as it fits.
+
+    Every parameter and buffer whose key and shape the checkpoint has is loaded; when the
+    checkpoint's class names differ from ``class_names``, the method's class-specific layers
+    (``model.class_specific()``: the predictor, R-CNN's SVMs and box regressors, ...) keep their fresh
+    initialisation. Only weights are read (``weights_only``); the checkpoint's config is not used.
+
+    Returns:
+        ``{"loaded", "reinitialised", "not_in_checkpoint", "shape_differs"}`` lists of keys.
+
+    Raises:
+        CheckpointError: the file cannot be read, or nothing in it fits the model.
+    """
+    ckpt = load_checkpoint(path)
+    same_classes = list(ckpt.get("class_names") or []) == list(class_names)
+    fresh = [] if same_classes else list(getattr(model, "class_specific", lambda: [])())
+    own, theirs = model.state_dict(), ckpt["model"]
+    report: dict[str, list[str]] = {"loaded": [], "reinitialised": [], "not_in_checkpoint": [], "shape_differs": []}
+    state = {}
+    for key, value in own.items():
+        if any(key == p or key.startswith(p) for p in fresh):
+            report["reinitialised"].append(key)
+        elif key not in theirs:
+            report["not_in_checkpoint"].append(key)
+        elif tuple(theirs[key].shape) != tuple(value.shape):
+            report["shape_differs"].append(key)
+        else:
+            state[key] = theirs[key]
+            report["loaded"].append(key)
+    if not state:
+        raise CheckpointError(f"{path}: init_from: no weight of this checkpoint fits the model (another backbone?)")
+    model.load_state_dict(state, strict=False)
+    return report
+
+
 def build_model(config: dict[str, Any], num_classes: int) -> nn.Module:
     """Build the detector a run config describes: ``method.model`` with ``backbone`` and ``num_classes``.
 

@@ -20,7 +20,8 @@ import torch
 
 from detkit.engine import distributed as ddp
 from detkit.engine.report import test_and_report
-from detkit.engine.setup import fit_auto_anchors, load_split, prepare_data, set_algorithms, split_proposals
+from detkit.engine.setup import (apply_init_from, fit_auto_anchors, load_split, prepare_data, set_algorithms,
+                                 split_proposals)
 from detkit.engine.trainer import Trainer
 
 
@@ -60,6 +61,8 @@ def train_joint(conf: dict[str, Any], *, start: str = "new",
     np.random.seed(seed)
     torch.manual_seed(seed)
     model = build_model(conf, len(names))
+    if start != "resume":  # a resumed run has its own weights
+        apply_init_from(model, conf, names)
     if wrap_model is not None:
         model = wrap_model(model)
     comp = dict(conf.get("compile") or {})

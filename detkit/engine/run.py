@@ -14,7 +14,6 @@ A new method names one of these in its config; nothing here needs to know it.
 """
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from typing import Any
 
@@ -22,12 +21,21 @@ import torch
 
 from detkit.engine.run_guard import guard_run_dir
 
-# recipe -> "module:function", each called as f(conf, start=...)
-RECIPES: dict[str, str] = {
-    "joint": "detkit.engine.joint:train_joint",
-    "stages": "detkit.engine.stages:train_stages",
-    "alternating": "detkit.engine.alternating:train_alternating",
-}
+RECIPES = ("joint", "stages", "alternating")
+
+
+def recipe_trainer(recipe: str) -> Callable[..., dict[str, Any]]:
+    """The training function of a recipe, each called as ``f(conf, start=...)``."""
+    if recipe == "joint":
+        from detkit.engine.joint import train_joint
+        return train_joint
+    if recipe == "stages":
+        from detkit.engine.stages import train_stages
+        return train_stages
+    if recipe == "alternating":
+        from detkit.engine.alternating import train_alternating
+        return train_alternating
+    raise ValueError(f"method.recipe must be one of {', '.join(RECIPES)}, got {recipe!r}")
 
 
 def train_from_config(cfg, *, wrap_model: Callable[[torch.nn.Module], torch.nn.Module] | None = None) -> dict[str, Any]:
@@ -43,11 +51,7 @@ def train_from_config(cfg, *, wrap_model: Callable[[torch.nn.Module], torch.nn.M
     conf = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     start = guard_run_dir(conf)  # new | resume | overwrite; refuses to overwrite a run unasked
     recipe = (conf.get("method") or {}).get("recipe", "joint")
-    if recipe not in RECIPES:
-        raise ValueError(f"method.recipe must be one of {', '.join(RECIPES)}, got {recipe!r} "
-                         f"(method {(conf.get('method') or {}).get('name')!r})")
-    module, name = RECIPES[recipe].split(":")
-    train = getattr(importlib.import_module(module), name)
+    train = recipe_trainer(recipe)
     if wrap_model is not None:
         if recipe != "joint":
             raise ValueError(f"wrap_model needs the joint recipe, the method's is {recipe!r}")

@@ -107,3 +107,20 @@ def set_algorithms(conf: dict) -> None:
         torch.backends.cudnn.benchmark = False
     else:  # autotuning pays for fixed input sizes, costs a search per new shape when sizes vary
         torch.backends.cudnn.benchmark = bool(conf.get("cudnn_benchmark", True))
+
+
+def apply_init_from(model: torch.nn.Module, conf: dict, class_names: Sequence[str]) -> None:
+    """``init_from=CHECKPOINT``: start ``model`` from another run's weights where they fit, the
+    class-specific layers afresh when the classes differ (``detkit.engine.checkpoint.init_weights_from``);
+    logs what was loaded and what was not. Distinct from ``resume`` (which continues one run exactly)."""
+    path = conf.get("init_from")
+    if not path:
+        return
+    from detkit.engine.checkpoint import init_weights_from
+
+    report = init_weights_from(model, resolve_root(path), class_names)
+    def show(keys: list[str]) -> str:
+        return ", ".join(keys[:6]) + (f" (+{len(keys) - 6} more)" if len(keys) > 6 else "") if keys else "none"
+    log.info("init_from %s: loaded %d tensors; re-initialised (other classes): %s; not in the checkpoint: %s; "
+             "shape differs: %s", path, len(report["loaded"]), show(report["reinitialised"]),
+             show(report["not_in_checkpoint"]), show(report["shape_differs"]))

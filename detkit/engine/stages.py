@@ -59,7 +59,7 @@ log = logging.getLogger("detkit.stages")
 
 STAGES = ("finetune", "svm", "bbox")
 # What the stages depend on (method.model's test-time keys and run-length keys excepted: run_guard).
-STAGE_INPUTS = ("seed", "amp", "channels_last", "data", "backbone", "method.name", "method.model")
+STAGE_INPUTS = ("seed", "init_from", "amp", "channels_last", "data", "backbone", "method.name", "method.model")
 STAGE_NOT_INPUTS = ("data.val", "data.test", "data.proposals.cache_dir", "data.proposals.workers",
                     "method.stages.svm.feature_cache", "method.stages.svm.memory_limit_mb")
 
@@ -303,7 +303,7 @@ def train_stages(cfg, *, start: str | None = None) -> dict[str, Any]:
     from detkit.engine import distributed as ddp
     from detkit.engine.checkpoint import build_model
     from detkit.engine.report import test_and_report
-    from detkit.engine.setup import load_split, prepare_data
+    from detkit.engine.setup import apply_init_from, load_split, prepare_data
 
     conf = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     if "stages" not in conf["method"]:
@@ -330,6 +330,7 @@ def train_stages(cfg, *, start: str | None = None) -> dict[str, Any]:
     train_set = proposal_dataset(conf, train_data, "train", train_props)
     test_set = proposal_dataset(conf, test_data, "test", test_props) if test_data is not None else None
     model = build_model(conf, len(names)).to(device)
+    apply_init_from(model, conf, names)  # stage 1 starts from it; reused stages load their own weights
 
     done = _reusable_stages(conf, run_dir) if start == "resume" else -1
     info: dict[str, Any] = {}

@@ -70,6 +70,12 @@ class Detector(nn.Module):
         self.register_buffer("pixel_mean", mean, persistent=False)
         self.register_buffer("pixel_std", std, persistent=False)
 
+    def class_specific(self) -> list[str]:
+        """State-dict key prefixes of the layers whose shape or meaning depends on the classes (the
+        predictor), re-initialised when a run starts from another run's weights on other classes
+        (``init_from``)."""
+        return ["roi_head.predictor."]
+
     def _finish_init(self) -> None:
         """Called by subclasses once all parts exist."""
         if self.channels_last:

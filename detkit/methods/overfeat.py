@@ -112,6 +112,11 @@ class OverFeat(Detector):
         self.pre_merge_top_n, self.detections_per_img = int(pre_merge_top_n), int(detections_per_img)
         self._finish_init()
 
+    def class_specific(self) -> list[str]:
+        """The classifier's last (K + 1)-way convolution and the regression net's per-class output."""
+        last = [n for n, m in self.net.classifier.named_children() if isinstance(m, nn.Conv2d)][-1]
+        return [f"net.classifier.{last}.", "regressor.deltas."]
+
     def forward(self, batch: ImageBatch, targets: list[dict] | None = None):
         images, image_hw = self.preprocess(batch)
         if self.training:

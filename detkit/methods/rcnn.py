@@ -60,6 +60,10 @@ class RegionDetector(TwoStageDetector):
             (``detkit.proposals.selective_search``) when no proposals are given.
     """
 
+    def class_specific(self) -> list[str]:
+        """The fine-tuning softmax, the SVMs (and their feature scale) and the box regressors."""
+        return ["cls_score.", "svm_weight", "svm_bias", "svm_scale", "bbox_regressor."]
+
     # R-CNN: no shared trunk pass, the whole network runs per warped region.
     phases = {"preprocess": ["preprocess"], "region_head": ["region_features"], "postprocess": ["detect"],
               "rois": ["backbone.region_head"]}
