@@ -10,7 +10,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "detkit"
-FLOOR = {"engine": 1, "analysis": 2, "predictor": 3, "builder": 3, "cli": 3, "__main__": 3}
+FLOOR = {"engine": 1, "analysis": 2, "predictor": 3, "builder": 3, "video": 3, "cli": 3, "__main__": 3}
 
 
 def _modules() -> dict[str, Path]:

@@ -14,6 +14,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "infer": ("infer", "main", "detect objects in images with a checkpoint; pictures + detections.json"),
     "eval": ("eval", "main", "score a detections file against a VOC or COCO data set"),
     "demo": ("demo", "main", "train, evaluate and draw a small Faster R-CNN on a generated data set"),
+    "browse": ("browse", "main", "a data set's ground truth drawn, counts per class, box sizes, problems"),
     "benchmark": ("benchmark", "main", "training images/s and inference latency, optionally against torchvision"),
     "compare-train": ("compare_train", "main", "detkit vs torchvision's Faster R-CNN at equal training time"),
     "proposals": ("proposals", "main", "selective search or RPN proposals of a data set, and their recall"),

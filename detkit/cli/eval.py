@@ -54,6 +54,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     src.add_argument("--classes", default=None,
                      help="comma-separated class names in label order (VOC default: the sorted names "
                           "found in the split, category ids 1..K in this order; COCO: a subset)")
+    src.add_argument("--checkpoint", metavar="FILE", default=None,
+                     help="take the class names (in label order) from the run that wrote the detections: "
+                          "its run_dir/last.pt (only its class list is read); instead of --classes")
     src.add_argument("--coco-json", metavar="FILE", help="COCO annotation (ground truth) JSON")
     src.add_argument("--image-root", metavar="DIR", help="image folder of --coco-json")
     p.add_argument("--detections", required=True, metavar="FILE", help="detections file (format below)")
@@ -65,6 +68,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if bool(args.voc_root) == bool(args.coco_json):
         p.error("give either --voc-root (one or more) or --coco-json with --image-root")
+    if args.classes and args.checkpoint:
+        p.error("give --classes or --checkpoint, not both")
     if args.coco_json and not args.image_root:
         p.error("--coco-json needs --image-root")
     if not 0.0 <= args.iou < 1.0:
@@ -73,14 +78,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def load_data(args):
+    classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
+    if args.checkpoint:  # the run's own class order: its detections' category ids follow it
+        from detkit.engine.checkpoint import load_checkpoint
+        classes = list(load_checkpoint(args.checkpoint).get("class_names") or []) or classes
     if args.voc_root:
         from detkit.data.voc import load_voc
-
-        classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
         return load_voc(args.voc_root, splits=args.split, class_names=classes)
     from detkit.data.coco import load_coco
-
-    classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
     return load_coco(args.coco_json, args.image_root, class_names=classes)
 
 
@@ -95,7 +100,11 @@ def run(args) -> dict:
     from detkit.evaluation.voc import evaluate_voc, format_voc_table
 
     data = load_data(args)
-    dets = load_detections(args.detections, data)
+    others: list[str] = []  # detections of images outside the split (infer on a whole folder)
+    dets = load_detections(args.detections, data, skipped=others)
+    if others:
+        print(f"note: left out {len(others)} detections of {len(set(others))} images that are not in {data.name}",
+              file=sys.stderr)
     n_det = sum(len(d["scores"]) for d in dets.values())
     print(f"{data.name}: {len(data)} images, {data.num_classes} classes; {n_det} detections from {args.detections}")
     report = {"data": data.name, "num_images": len(data), "classes": list(data.class_names),

@@ -1,22 +1,27 @@
-"""Detect objects in images with a trained checkpoint; write annotated pictures and detections.json.
+"""Detect objects in images and videos with a trained checkpoint; write pictures and detections.
 
-    python tools/infer.py --checkpoint outputs/bccd-faster_rcnn-vgg16/last.pt img.jpg photos/ "shots/*.png" \\
+    detkit infer --checkpoint outputs/bccd-faster_rcnn-vgg16/last.pt img.jpg photos/ "shots/*.png" \\
         --out outputs/infer [--score-threshold 0.5] [--max-detections 100] [--device auto] [--batch-size 4] \\
         [--compile] [--set method.model.merge=nms ...]
+    detkit infer --checkpoint RUN/last.pt clip.mp4 --out outputs/video [--stride 2]   # a video
+    detkit infer --checkpoint RUN/last.pt --source 0 --out outputs/camera              # camera 0, until Ctrl-C
 
-The model is rebuilt from the config stored in the checkpoint (``hydra.utils.instantiate``) and
-images are resized with that config's test transform. ``--set KEY=VALUE`` (repeatable)
-changes that config's test-time settings first, e.g. OverFeat's ``method.model.merge=nms`` or
-Faster R-CNN's ``method.model.box_nms_thresh=0.5`` (the weights must still fit). Outputs in ``--out``:
+The model is rebuilt from the config stored in the checkpoint (only detkit's own builders may be
+named there) and images are resized with that config's test transform (``detkit.load``, the same
+path). ``--set KEY=VALUE`` (repeatable) changes that config's test-time settings first, e.g.
+OverFeat's ``method.model.merge=nms`` or Faster R-CNN's ``method.model.box_nms_thresh=0.5`` (the
+weights must still fit). Outputs in ``--out``:
 
 * ``<name>.jpg`` per image: the detections drawn (``detkit.visualization.draw``);
-* ``detections.json``: the detections file (``detkit.evaluation.detections``), one entry per box
-  ``{"image_id", "category_id", "bbox": [x, y, w, h] (original pixels), "score", "file_name"}``,
-  ``image_id`` the position in the input list and ``file_name`` the image's base name, so
-  ``tools/eval.py --detections`` can match the entries to a data set's images by name.
+* ``detections.json``: the images' detections file (``detkit.evaluation.detections``), one entry
+  per box ``{"image_id", "category_id", "bbox": [x, y, w, h] (original pixels), "score",
+  "file_name"}``, ``image_id`` the position in the input list and ``file_name`` the image's base
+  name, so ``detkit eval --detections`` can match the entries to a data set's images by name;
+* ``<name>.mp4`` and ``<name>.jsonl`` per video or camera (``detkit.video``): the video with its
+  detections drawn (same size and frame rate) and one JSON line of detections per processed frame.
 
-Unreadable images are skipped with a warning; no images at all, or a checkpoint that cannot be
-read or does not fit its config, stop with a one-line error (exit status 2).
+Unreadable images and videos are skipped with a warning; no input at all, or a checkpoint that
+cannot be read or does not fit its config, stop with a one-line error (exit status 2).
 """
 from __future__ import annotations
 
@@ -39,18 +44,23 @@ class InferError(ValueError):
     """A problem with the command's inputs (reported as one line, exit status 2)."""
 
 
-def collect_inputs(inputs: list[str]) -> list[Path]:
-    """Image files from files, folders (their image files, sorted) and glob patterns, deduplicated."""
+def collect_inputs(inputs: list[str]) -> tuple[list[Path], list[Path]]:
+    """``(images, videos)`` from files, folders (their image and video files, sorted) and glob
+    patterns, deduplicated. A file named explicitly is a video by its extension, else an image
+    (tried whatever its extension)."""
+    from detkit.video import VIDEO_EXTENSIONS
+
+    known = IMAGE_EXTENSIONS | VIDEO_EXTENSIONS
     found: list[Path] = []
     for item in inputs:
         p = Path(item).expanduser()
         if p.is_dir():
-            found += sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+            found += sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in known)
         elif p.is_file():
-            found.append(p)  # named explicitly: tried whatever its extension
+            found.append(p)
         elif glob.has_magic(item):
             found += sorted(Path(f) for f in glob.glob(os.path.expanduser(item), recursive=True)
-                            if Path(f).is_file() and Path(f).suffix.lower() in IMAGE_EXTENSIONS)
+                            if Path(f).is_file() and Path(f).suffix.lower() in known)
         else:
             raise InferError(f"{item}: no such file or folder")
     seen, unique = set(), []
@@ -60,8 +70,10 @@ def collect_inputs(inputs: list[str]) -> list[Path]:
             seen.add(key)
             unique.append(f)
     if not unique:
-        raise InferError(f"no images found in {' '.join(inputs)} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
-    return unique
+        raise InferError(f"no images or videos found in {' '.join(inputs)} (looked for "
+                         f"{', '.join(sorted(IMAGE_EXTENSIONS))}; {', '.join(sorted(VIDEO_EXTENSIONS))})")
+    videos = [f for f in unique if f.suffix.lower() in VIDEO_EXTENSIONS]
+    return [f for f in unique if f not in videos], videos
 
 
 def _out_names(paths: list[Path]) -> list[str]:
@@ -89,19 +101,35 @@ def _read(paths):
 
 
 def run(args: argparse.Namespace) -> dict:
-    from detkit.engine.inference import detect
     from detkit.predictor import load
-    from detkit.utils.atomic import atomic_write_text
-    from detkit.visualization.draw import draw_detections, save_image
 
-    predictor = load(args.checkpoint, args.device, args.override)
-    paths = collect_inputs(args.inputs)
+    if not args.inputs and args.source is None:
+        raise InferError("give images, folders or videos, or a camera with --source N")
+    predictor = load(args.checkpoint, args.device, args.override)  # a bad checkpoint is named first
+    paths, videos = collect_inputs(args.inputs) if args.inputs else ([], [])
     if args.compile:
         from detkit.engine.compile import compile_model
 
         compile_model(predictor.model, backend=args.compile_backend)  # in place; first batches compile
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
+    result = _images(predictor, paths, out_dir, args) if paths else {"images": 0, "detections": 0, "skipped": []}
+    sources = [*videos, *([int(args.source)] if args.source is not None else [])]
+    result["videos"] = _videos(predictor, sources, out_dir, args, result["skipped"])
+    if result["images"] == 0 and not result["videos"]:
+        raise InferError(f"none of the {len(paths) + len(sources)} inputs could be read as an image or a video")
+    skipped = result["skipped"]
+    print(f"{result['images']} image(s), {result['detections']} detection(s), {len(result['videos'])} video(s) "
+          f"-> {out_dir}" + (f"; skipped {len(skipped)} unreadable: {', '.join(map(str, skipped))}" if skipped else ""))
+    return result
+
+
+def _images(predictor, paths: list[Path], out_dir: Path, args) -> dict:
+    """Pictures and detections.json for the images (the predict core, in batches)."""
+    from detkit.engine.inference import detect
+    from detkit.utils.atomic import atomic_write_text
+    from detkit.visualization.draw import draw_detections, save_image
+
     out_names = _out_names(paths)
     entries, skipped, written = [], [], 0
     indexed = list(enumerate(paths))
@@ -127,19 +155,37 @@ def run(args: argparse.Namespace) -> dict:
                                         "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]], "score": float(sc),
                                         "file_name": paths[i].name})
             bar.update(len(chunk))
-    if written == 0:
-        raise InferError(f"none of the {len(paths)} inputs could be read as an image")
-    atomic_write_text(out_dir / "detections.json", json.dumps(entries))
-    print(f"{written} image(s), {len(entries)} detection(s) -> {out_dir}"
-          + (f"; skipped {len(skipped)} unreadable: {', '.join(map(str, skipped))}" if skipped else ""))
+    if written:
+        atomic_write_text(out_dir / "detections.json", json.dumps(entries))
     return {"images": written, "detections": len(entries), "skipped": [str(p) for p in skipped]}
+
+
+def _videos(predictor, sources: list, out_dir: Path, args, skipped: list[str]) -> list[dict]:
+    """``<stem>.mp4`` (drawn) and ``<stem>.jsonl`` (detections per frame) for each video or camera."""
+    from detkit.video import VideoError, detect_video
+
+    done = []
+    for source in sources:
+        stem = f"camera{source}" if isinstance(source, int) else Path(source).stem
+        try:
+            info = detect_video(predictor, source, out_dir / f"{stem}.mp4", out_dir / f"{stem}.jsonl",
+                                stride=args.stride, score_threshold=args.score_threshold, max_frames=args.max_frames)
+        except VideoError as e:
+            warnings.warn(f"{source}: skipped, cannot read it as a video ({e})", stacklevel=2)
+            skipped.append(str(source))
+            continue
+        done.append({"source": str(source), **info})
+    return done
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="a detkit checkpoint (RUN/last.pt)")
-    p.add_argument("inputs", nargs="+", help="image files, folders, glob patterns")
-    p.add_argument("--out", required=True, help="output folder for pictures and detections.json")
+    p.add_argument("inputs", nargs="*", help="image or video files, folders, glob patterns")
+    p.add_argument("--out", required=True, help="output folder for pictures, detections.json, videos")
+    p.add_argument("--source", type=int, default=None, metavar="N", help="also read camera N (e.g. 0) until Ctrl-C")
+    p.add_argument("--stride", type=int, default=1, help="videos: detect on every N-th frame (default 1)")
+    p.add_argument("--max-frames", type=int, default=None, help="videos and cameras: stop after this many frames")
     p.add_argument("--score-threshold", type=float, default=0.5, help="keep detections scoring at least this")
     p.add_argument("--max-detections", type=int, default=100, help="most detections kept per image")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
@@ -152,20 +198,21 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="change the checkpoint's stored config before building the model, e.g. "
                         "method.model.merge=nms (OverFeat) or method.model.box_score_thresh=0.3; repeatable")
     args = p.parse_args(argv)
-    if args.batch_size < 1 or args.max_detections < 1:
-        p.error("--batch-size and --max-detections must be at least 1")
+    if args.batch_size < 1 or args.max_detections < 1 or args.stride < 1:
+        p.error("--batch-size, --max-detections and --stride must be at least 1")
     return args
 
 
 def main(argv=None) -> int:
     from detkit.engine.checkpoint import CheckpointError
     from detkit.engine.compile import CompileError
+    from detkit.video import VideoError
 
     args = parse_args(argv)
     warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n"
     try:
         run(args)
-    except (InferError, CheckpointError, CompileError) as e:
+    except (InferError, CheckpointError, CompileError, VideoError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

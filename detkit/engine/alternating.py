@@ -50,7 +50,7 @@ from tqdm.auto import tqdm
 
 from detkit.engine.checkpoint import atomic_torch_save, load_checkpoint, load_model_weights, make_state
 from detkit.engine.inference import rpn_proposals
-from detkit.engine.run_guard import fingerprint, guard_run_dir, stale_keys
+from detkit.engine.run_guard import fingerprint, guard_run_dir, reusable_prefix, show_keys, stale_keys
 from detkit.engine.trainer import Trainer
 
 log = logging.getLogger("detkit.alternating")
@@ -132,19 +132,12 @@ def step_fingerprint(conf: dict, k: int, *, exclude: tuple[str, ...] = ()) -> di
 
 def _reusable_steps(conf: dict, run_dir: Path) -> int:
     """The last step (0: none) whose ``step_<k>.pt`` the current config may reuse; logs why not the next."""
-    done = 0
-    for k in STEPS:
-        path = _step_path(run_dir, k)
-        if not path.is_file():
-            break
-        stale = stale_keys(load_checkpoint(path).get("step_fingerprint"), step_fingerprint(conf, k))
-        if stale:
-            shown = ", ".join(stale[:6]) + (f" (+{len(stale) - 6} more)" if len(stale) > 6 else "")
-            log.info("alternating step %d and every later step are computed again: the config changed (%s) since %s",
-                     k, shown, path)
-            break
-        done = k
-    return done
+    count, stale = reusable_prefix([(_step_path(run_dir, k), "step_fingerprint", step_fingerprint(conf, k))
+                                    for k in STEPS])
+    if stale is not None:
+        log.info("alternating step %d and every later step are computed again: the config changed (%s) since %s",
+                 count + 1, show_keys(stale[1]), stale[0])
+    return count
 
 
 def _step_resumable(conf: dict, k: int, path: Path) -> bool:

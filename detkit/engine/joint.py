@@ -52,6 +52,9 @@ def train_joint(conf: dict[str, Any], *, start: str = "new",
     prepare_data(data_cfg)
     train_data = load_split(data_cfg, "train")
     names, cat_ids = list(train_data.class_names), list(train_data.category_ids)
+    test_cfg = dict(conf.get("test") or {})
+    # read now: a test split that cannot be loaded fails before training, not after it
+    test_data = load_split(data_cfg, "test", names) if test_cfg.get("enabled", True) else None
     fit_auto_anchors(conf, train_data)
     val_data = load_split(data_cfg, "val", names) if conf.get("eval_every") else None
     tf = dict(data_cfg.get("transforms") or {})
@@ -82,9 +85,7 @@ def train_joint(conf: dict[str, Any], *, start: str = "new",
         **solver,
     )
     summary = trainer.fit(resume=bool(conf.get("resume", False)) and start != "overwrite")
-    test_cfg = dict(conf.get("test") or {})
-    if test_cfg.get("enabled", True) and data_cfg.get("test"):
-        test_data = load_split(data_cfg, "test", names)
+    if test_data is not None:
         test_set = DetectionDataset(test_data, test_tf, **split_proposals(conf, test_data, "test"))
         facts = {"iteration": trainer.iteration, "max_iters": trainer.max_iters, "max_time_s": trainer.max_time_s,
                  **{k: summary[k] for k in ("train_seconds", "train_images_per_second", "stopped_by")},

@@ -148,3 +148,32 @@ def stale_keys(stored: Mapping[str, Any] | None, current: Mapping[str, Any]) -> 
     if stored is None:
         return ["(no fingerprint stored)"]
     return [k for k, _, _ in config_differences(dict(stored), dict(current))]
+
+
+def reusable_prefix(stages: Sequence[tuple[Path, str, Mapping[str, Any]]]) -> tuple[int, tuple[Path, list[str]] | None]:
+    """How many leading stages of a stage-wise recipe a resumed run may reuse.
+
+    Args:
+        stages: per stage, in order: its checkpoint path, the checkpoint key holding its stored
+            fingerprint, and the current config's fingerprint for it.
+
+    Returns:
+        ``(count, stale)``: the number of leading stages whose checkpoint exists and whose stored
+        fingerprint the current one equals; ``stale`` is ``(path, changed keys)`` of the first
+        stage stopped by a changed fingerprint (``None`` when a missing checkpoint stopped it, or
+        none did).
+    """
+    from detkit.engine.checkpoint import load_checkpoint
+
+    for count, (path, key, current) in enumerate(stages):
+        if not Path(path).is_file():
+            return count, None
+        changed = stale_keys(load_checkpoint(path).get(key), current)
+        if changed:
+            return count, (Path(path), changed)
+    return len(stages), None
+
+
+def show_keys(keys: Sequence[str], limit: int = 6) -> str:
+    """``"a, b, c (+4 more)"`` for a log line."""
+    return ", ".join(keys[:limit]) + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "") if keys else "none"

@@ -118,9 +118,9 @@ def apply_init_from(model: torch.nn.Module, conf: dict, class_names: Sequence[st
         return
     from detkit.engine.checkpoint import init_weights_from
 
+    from detkit.engine.run_guard import show_keys as show
+
     report = init_weights_from(model, resolve_root(path), class_names)
-    def show(keys: list[str]) -> str:
-        return ", ".join(keys[:6]) + (f" (+{len(keys) - 6} more)" if len(keys) > 6 else "") if keys else "none"
     log.info("init_from %s: loaded %d tensors; re-initialised (other classes): %s; not in the checkpoint: %s; "
              "shape differs: %s", path, len(report["loaded"]), show(report["reinitialised"]),
              show(report["not_in_checkpoint"]), show(report["shape_differs"]))

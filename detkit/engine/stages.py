@@ -53,7 +53,8 @@ from torchvision.ops import box_iou
 from tqdm.auto import tqdm
 
 from detkit.engine.checkpoint import atomic_torch_save, load_checkpoint, load_model_weights, make_state
-from detkit.engine.run_guard import fingerprint, fingerprint_hash, guard_run_dir, stale_keys
+from detkit.engine.run_guard import (fingerprint, fingerprint_hash, guard_run_dir, reusable_prefix, show_keys,
+                                     stale_keys)
 
 log = logging.getLogger("detkit.stages")
 
@@ -157,19 +158,12 @@ def _save_stage(model, run_dir: Path, i: int, info: dict, conf: dict, names, cat
 def _reusable_stages(conf: dict, run_dir: Path) -> int:
     """Index of the last stage whose checkpoint the current config may reuse (-1: none), logging
     why the next one (and all after it) will be computed again."""
-    done = -1
-    for i in range(len(STAGES)):
-        path = _stage_path(run_dir, i)
-        if not path.is_file():
-            break
-        stale = stale_keys(load_checkpoint(path).get("stage_fingerprint"), stage_fingerprint(conf, i))
-        if stale:
-            shown = ", ".join(stale[:6]) + (f" (+{len(stale) - 6} more)" if len(stale) > 6 else "")
-            log.info("stage %d (%s) and every later stage are computed again: the config changed (%s) since %s",
-                     i + 1, STAGES[i], shown, path)
-            break
-        done = i
-    return done
+    count, stale = reusable_prefix([(_stage_path(run_dir, i), "stage_fingerprint", stage_fingerprint(conf, i))
+                                    for i in range(len(STAGES))])
+    if stale is not None:
+        log.info("stage %d (%s) and every later stage are computed again: the config changed (%s) since %s",
+                 count + 1, STAGES[count], show_keys(stale[1]), stale[0])
+    return count - 1
 
 
 def _finetune_resumable(conf: dict, path: Path) -> bool:

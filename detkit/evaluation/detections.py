@@ -114,10 +114,15 @@ def _name_index(data: DetectionData) -> dict[str, list[int]]:
     return index
 
 
-def load_detections(path: str | os.PathLike, data: DetectionData) -> Detections:
+def load_detections(path: str | os.PathLike, data: DetectionData, *,
+                    skipped: list[str] | None = None) -> Detections:
     """Read a detections file (module docstring) into ``{image_id: {"boxes": (D, 4) float32 xyxy,
     "scores": (D,) float32, "labels": (D,) int64 0..K-1}}`` with an entry for every image of
     ``data`` (empty arrays where the file has none), detections in file order.
+
+    ``skipped``: when a list, an entry whose ``file_name`` is not an image of ``data`` (detections
+    of a whole folder scored against one split) is left out and its file name appended to it,
+    instead of being an error.
 
     Raises ``FileNotFoundError`` for a missing file and ``DetectionsFileError`` (a ``ValueError``)
     naming the file and entry index for anything malformed.
@@ -155,6 +160,9 @@ def load_detections(path: str | os.PathLike, data: DetectionData) -> Detections:
                 raise DetectionsFileError(f"{where}: file_name must be a string, got {fn!r}")
             cands = names.get(fn) or names.get(os.path.basename(fn)) or names.get(Path(fn).stem) or []
             cands = sorted(set(cands))
+            if not cands and skipped is not None:
+                skipped.append(fn)
+                continue
             if not cands:
                 raise DetectionsFileError(f"{where}: file_name {fn!r} is not an image of {data.name or 'the data'}")
             if len(cands) > 1:

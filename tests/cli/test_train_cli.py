@@ -102,7 +102,7 @@ def test_infer_clear_errors(trained, tmp_path, capsys):
     main = _infer_main()
     (tmp_path / "empty").mkdir()
     assert main(["--checkpoint", str(run_dir / "last.pt"), str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2
-    assert "no images found" in capsys.readouterr().err
+    assert "no images or videos found" in capsys.readouterr().err
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"garbage")
     assert main(["--checkpoint", str(bad), str(tmp_path), "--out", str(tmp_path / "o")]) == 2

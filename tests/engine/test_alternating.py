@@ -14,7 +14,7 @@ from detkit.methods.faster_rcnn import FasterRCNN
 from tests._tools import load_tool
 
 REPO = Path(__file__).resolve().parents[2]
-# As tests/tools/test_train_cli.py's TINY, with batch norm in the trunk: its running statistics
+# As tests/cli/test_train_cli.py's TINY, with batch norm in the trunk: its running statistics
 # must stay put while the trunk is fixed (steps 3 and 4), which only eval mode guarantees.
 TINY = [
     "backbone=alexnet", "backbone_name=alexnet", "backbone.width=0.125", "backbone.norm=bn",

@@ -13,7 +13,7 @@ PY = sys.executable
 TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
 ENV = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "HYDRA_FULL_ERROR": "0", "OMP_NUM_THREADS": "1"}
 
-# Faster R-CNN on AlexNet at 1/8 width, 64-96 px images (as tests/tools/test_train_cli.py).
+# Faster R-CNN on AlexNet at 1/8 width, 64-96 px images (as tests/cli/test_train_cli.py).
 TINY = [
     "backbone=alexnet", "backbone.width=0.125", "data.transforms.min_size=64", "data.transforms.max_size=96",
     "method.model.anchor_sizes=[16,32,64]", "solver.warmup_iters=1", "solver.batch_size=2", "num_workers=0",

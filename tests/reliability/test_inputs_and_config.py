@@ -1,6 +1,6 @@
 """Odd inference inputs (tools/infer.py) and config errors (tools/train.py): a clear outcome each.
 
-Already covered in tests/tools/test_train_cli.py: an empty folder (exit 2, "no images found"), a
+Already covered in tests/cli/test_train_cli.py: an empty folder (exit 2, "no images or videos found"), a
 truncated .jpg among good images (skipped with a warning), a corrupt checkpoint and a checkpoint
 whose class count does not fit its config (exit 2, one line).
 """
@@ -77,10 +77,13 @@ def test_huge_tiny_bomb_video_and_text_inputs(checkpoint, tmp_path):
     assert sorted(p.name for p in out.glob("*.jpg")) == ["huge.jpg", "one_pixel.jpg"]
     with Image.open(out / "huge.jpg") as im:
         assert im.size == (10_000, 10_000)  # drawn on the original pixels
-    for name, why in (("bomb.png", "too large to decode safely"), ("clip.mp4", "not an image file"),
-                      ("notes.txt", "not an image file")):
+    for name, why in (("bomb.png", "too large to decode safely"), ("notes.txt", "not an image file")):
         assert any(name in line and "skipped" in line and why in line for line in r.stderr.splitlines()), (name, r.stderr)
-    assert "skipped 3 unreadable" in r.stdout
+    if _real_video(video):  # the video is run frame by frame (detkit.video)
+        assert (out / "clip.mp4").is_file() and len((out / "clip.jsonl").read_text().splitlines()) == 5
+        assert "skipped 2 unreadable" in r.stdout
+    else:  # header bytes only (no encoder here): skipped as a video that cannot be read
+        assert "clip.mp4: skipped, cannot read it as a video" in r.stderr and "skipped 3 unreadable" in r.stdout
     dets = json.loads((out / "detections.json").read_text())
     for d in dets:  # boxes in each image's own pixels
         limit = 1 if d["file_name"] == "one_pixel.png" else 10_000
@@ -91,19 +94,52 @@ def test_huge_tiny_bomb_video_and_text_inputs(checkpoint, tmp_path):
     assert peak_gb < 3.0, peak_gb
 
 
-def test_folders_without_images_and_video_alone(checkpoint, tmp_path, capsys):
+def _real_video(path) -> bool:
+    cap = cv2.VideoCapture(str(path))
+    ok = cap.isOpened() and cap.read()[0]
+    cap.release()
+    return bool(ok)
+
+
+def test_folders_without_images_or_videos_and_a_broken_video(checkpoint, tmp_path, capsys):
     main = _infer_main()
     folder = tmp_path / "no_images"
     folder.mkdir()
     (folder / "readme.txt").write_text("x")
-    _video(folder / "clip.mp4")
     assert main(["--checkpoint", str(checkpoint), str(folder), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: no images found in") and ".jpg" in err and err.count("\n") == 1
-    with pytest.warns(UserWarning, match=r"clip\.mp4: skipped, cannot read it as an image .*not an image file"):
-        assert main(["--checkpoint", str(checkpoint), str(folder / "clip.mp4"), "--out", str(tmp_path / "o")]) == 2
-    assert "error: none of the 1 inputs could be read as an image" in capsys.readouterr().err
+    assert err.startswith("error: no images or videos found in") and ".jpg" in err and ".mp4" in err
+    assert err.count("\n") == 1
+    (folder / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 64)
+    with pytest.warns(UserWarning, match=r"broken\.mp4: skipped, cannot read it as a video"):
+        assert main(["--checkpoint", str(checkpoint), str(folder / "broken.mp4"), "--out", str(tmp_path / "o")]) == 2
+    assert "error: none of the 1 inputs could be read as an image or a video" in capsys.readouterr().err
     assert not (tmp_path / "o" / "detections.json").exists()
+
+
+def test_a_video_in_and_out(checkpoint, tmp_path, capsys):
+    """A 5-frame video: an annotated video of the same size and frame count, one JSON line per
+    processed frame (every 2nd with --stride 2), boxes inside the frame."""
+    video = _video(tmp_path / "clip.mp4")
+    if not _real_video(video):
+        pytest.skip("this OpenCV cannot write an mp4v video to read back")
+    main = _infer_main()
+    out = tmp_path / "out"
+    assert main(["--checkpoint", str(checkpoint), str(video), "--out", str(out), "--device", "cpu",
+                 "--score-threshold", "0.0", "--stride", "2"]) == 0
+    lines = [json.loads(line) for line in (out / "clip.jsonl").read_text().splitlines()]
+    assert [e["frame"] for e in lines] == [0, 2, 4] and lines[1]["time_s"] == pytest.approx(0.4)
+    for e in lines:
+        for d in e["detections"]:
+            x, y, w, h = d["bbox"]
+            assert 0 <= x and x + w <= 32 + 1e-3 and 0 <= y and y + h <= 32 + 1e-3 and d["score"] >= 0.0
+    cap = cv2.VideoCapture(str(out / "clip.mp4"))
+    frames = 0
+    while cap.read()[0]:
+        frames += 1
+    assert frames == 5 and int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)) == 32
+    cap.release()
+    assert "1 video(s)" in capsys.readouterr().out
 
 
 # ---------------------------------------------------------------------- config errors (tools/train.py)
