@@ -12,6 +12,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "train": ("train", "main", "train a detector (Hydra overrides of configs/train.yaml)"),
     "infer": ("infer", "main", "detect objects in images with a checkpoint; pictures + detections.json"),
+    "export": ("export", "main", "write a Faster / Fast R-CNN checkpoint as ONNX or TorchScript, checked against PyTorch"),
     "eval": ("eval", "main", "score a detections file against a VOC or COCO data set"),
     "demo": ("demo", "main", "train, evaluate and draw a small Faster R-CNN on a generated data set"),
     "browse": ("browse", "main", "a data set's ground truth drawn, counts per class, box sizes, problems"),

@@ -55,6 +55,16 @@ class AnchorGenerator(nn.Module):
         h = (sizes * ratios.sqrt()).reshape(-1)
         return torch.stack((-w / 2, -h / 2, w / 2, h / 2), dim=1).float()
 
+    def grid(self, hf, wf, device: torch.device | str = "cpu") -> Tensor:
+        """Uncached :meth:`forward`: ``hf``, ``wf`` may be traced sizes (ONNX export keeps the
+        anchor grid dynamic in the image size), so they are only ever passed to ``torch.arange``."""
+        cells = self.cell_anchors().to(device)
+        cx = (torch.arange(wf, device=device, dtype=torch.float32) + 0.5) * self.stride
+        cy = (torch.arange(hf, device=device, dtype=torch.float32) + 0.5) * self.stride
+        yy, xx = torch.meshgrid(cy, cx, indexing="ij")
+        shifts = torch.stack((xx, yy, xx, yy), dim=-1).reshape(-1, 1, 4)  # (Hf*Wf, 1, 4)
+        return (shifts + cells[None]).reshape(-1, 4)
+
     def forward(self, feature_size: tuple[int, int], device: torch.device | str = "cpu") -> Tensor:
         """All anchors of a ``(Hf, Wf)`` feature map -> ``(Hf * Wf * A, 4)`` float32 xyxy."""
         hf, wf = int(feature_size[0]), int(feature_size[1])
@@ -63,12 +73,7 @@ class AnchorGenerator(nn.Module):
         cached = self._cache.get(key)
         if cached is not None:
             return cached
-        cells = self.cell_anchors().to(device)
-        cx = (torch.arange(wf, device=device, dtype=torch.float32) + 0.5) * self.stride
-        cy = (torch.arange(hf, device=device, dtype=torch.float32) + 0.5) * self.stride
-        yy, xx = torch.meshgrid(cy, cx, indexing="ij")
-        shifts = torch.stack((xx, yy, xx, yy), dim=-1).reshape(-1, 1, 4)  # (Hf*Wf, 1, 4)
-        anchors = (shifts + cells[None]).reshape(-1, 4)
+        anchors = self.grid(hf, wf, device)
         if len(self._cache) >= 32:  # bounded: multi-scale training sees many sizes
             self._cache.pop(next(iter(self._cache)))
         self._cache[key] = anchors
