@@ -166,7 +166,8 @@ class Predictor:
 
 
 def load(checkpoint: str | os.PathLike, device: str | torch.device = "auto", overrides: Sequence[str] = (),
-         *, amp: str = "none", batch_size: int = 4) -> Predictor:
+         *, amp: str = "none", batch_size: int = 4, svd: Sequence[int] | None = None,
+         fast: bool = False) -> Predictor:
     """A :class:`Predictor` for a detkit checkpoint (``run_dir/last.pt``) of any method.
 
     Args:
@@ -176,6 +177,12 @@ def load(checkpoint: str | os.PathLike, device: str | torch.device = "auto", ove
             ``["method.model.box_score_thresh=0.3"]`` (``detkit.engine.checkpoint.apply_overrides``).
         amp: autocast at test time: ``"none"``, ``"bf16"``, ``"fp16"`` or ``"auto"``.
         batch_size: images per forward pass when given a list.
+        fast: every test-time option detkit recommends for this device: bf16 autocast where it
+            is native (AVX512-BF16 / AMX CPUs, bf16 GPUs; ``amp`` is then ignored) and
+            ``channels_last`` (docs/performance.md, "--fast").
+        svd: ranks for a truncated SVD of the region head's fc layers (fc6, fc7), e.g. ``(1024, 256)``
+            for VGG-16 as in the Fast R-CNN paper: faster at test time for a small loss of
+            accuracy (``detkit.compression``; docs/performance.md measures it).
 
     Raises:
         detkit.engine.checkpoint.CheckpointError: the file is missing, corrupt, not a detkit
@@ -185,5 +192,16 @@ def load(checkpoint: str | os.PathLike, device: str | torch.device = "auto", ove
     from detkit.engine.distributed import resolve_device
 
     model, ckpt = model_from_checkpoint(Path(checkpoint), list(overrides))
+    device = resolve_device(str(device))
+    if fast:
+        from detkit.engine.evaluator import resolve_amp
+
+        amp = resolve_amp("auto", device)
+        model.channels_last = True  # Detector.preprocess then feeds NHWC inputs
+        model.to(memory_format=torch.channels_last)
+    if svd:
+        from detkit.compression import compress_region_head
+
+        compress_region_head(model, list(svd))
     return Predictor(model, ckpt["config"], ckpt["class_names"], category_ids=ckpt.get("category_ids"),
-                     device=resolve_device(str(device)), amp=amp, batch_size=batch_size)
+                     device=device, amp=amp, batch_size=batch_size)

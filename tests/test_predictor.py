@@ -132,3 +132,24 @@ def test_build_any_method_and_dotted_overrides():
         assert detkit.build(method, "alexnet", num_classes=2, **{"backbone.width": 0.125}).num_classes == 2
     with pytest.raises(ValueError, match="backbone/resnet999"):
         detkit.build("faster_rcnn", "resnet999")
+
+
+def test_load_fast_turns_on_the_recommended_options(tmp_path, voc):
+    from detkit.engine.evaluator import native_bf16
+
+    conf = compose_run_config(["method=faster_rcnn", "backbone=alexnet", "backbone.width=0.125", "backbone.norm=bn",
+                               "data.transforms.min_size=64", "data.transforms.max_size=96",
+                               "method.model.anchor_sizes=[16,32,64]", *LOW["faster_rcnn"]])
+    torch.manual_seed(0)
+    path = tmp_path / "last.pt"
+    atomic_torch_save(make_state(model=build_model(conf, 4).eval(), iteration=0, config=conf,
+                                 class_names=["circle", "cross", "square", "triangle"]), path)
+    plain, fast = detkit.load(path, device="cpu"), detkit.load(path, device="cpu", fast=True)
+    assert fast.amp == ("bf16" if native_bf16(torch.device("cpu")) else "none") and plain.amp == "none"
+    conv = next(m for m in fast.model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert fast.model.channels_last and conv.weight.is_contiguous(memory_format=torch.channels_last)
+    image = np.asarray(Image.open(voc[0].records[0].file_name).convert("RGB"))
+    a, b = plain(image), fast(image)
+    assert len(a) > 0 and len(b) > 0
+    if fast.amp == "none":  # channels_last alone changes no number that matters
+        np.testing.assert_allclose(a.scores[:5], b.scores[:5], atol=1e-4)

@@ -72,6 +72,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "max-autotune-no-cudagraphs. Compilation happens in the warmup calls.")
     p.add_argument("--compile-backend", default="inductor",
                    help="torch.compile backend with --compile (inductor; eager/aot_eager to debug)")
+    p.add_argument("--fast", action="store_true",
+                   help="every CPU option detkit recommends, for detkit only: bf16 autocast where the CPU "
+                        "computes it natively (AVX512-BF16 / AMX), channels_last")
+    p.add_argument("--svd", type=int, nargs="+", default=None, metavar="RANK",
+                   help="inference: truncated SVD of detkit's region-head fc layers (fc6 fc7) with these "
+                        "ranks (detkit.compression; torchvision's twin is left as built)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="extra Hydra override of configs/train.yaml (repeatable), "
                         "e.g. --set method.model.rpn_post_nms_top_n_test=1000; with a METHOD: prefix "
@@ -156,6 +162,8 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
         if args.compare is not None:
             raise BenchmarkError("--compare torchvision needs a single Faster R-CNN (--method faster_rcnn), "
                                  "not --methods")
+        if args.fast or args.svd:
+            raise BenchmarkError("--fast and --svd apply to one detector against torchvision: use --method, not --methods")
         if len(set(args.methods)) != len(args.methods):
             raise BenchmarkError(f"--methods lists a method twice: {args.methods}")
         args.mode, args.batch = "infer", args.batch or 1
@@ -258,6 +266,28 @@ def run(args: argparse.Namespace) -> dict:
                          "Rerun with --roi-mode align for the like-for-like comparison.")
         notes.append("torchvision's background RoIs are IoU in [0, 0.5); detkit's lower bound is "
                      f"{model.roi_head.matcher.thresholds[0]} (cannot be set in torchvision).")
+    if args.fast:
+        from detkit.engine.evaluator import native_bf16
+        # detkit only: torchvision stays float32 eager, as its users run it.
+        detkit_precision = "bf16" if native_bf16(device) else "fp32"
+        common["precision"] = {"detkit": detkit_precision, "torchvision": args.precision}
+        model.channels_last = True  # Detector.preprocess then feeds NHWC inputs
+        model.to(memory_format=torch.channels_last)
+        notes.append(f"--fast: detkit in {detkit_precision} autocast"
+                     f"{' (native on this machine)' if detkit_precision == 'bf16' else ' (no native bf16 here)'} "
+                     f"and channels_last; torchvision {args.precision}, contiguous, as its users run it.")
+    if args.svd:
+        from detkit.compression import compress_region_head
+        # After the twin is built (it copies detkit's region head); the twin keeps full fc layers.
+        if args.mode != "infer":
+            raise BenchmarkError("--svd is a test-time compression: use it with --mode infer")
+        try:
+            reports = compress_region_head(model, args.svd)
+        except ValueError as e:
+            raise BenchmarkError(f"--svd: {e}") from None
+        notes.append("detkit's region head factorised by truncated SVD: " + ", ".join(
+            f"{r.name.rsplit('.', 1)[-1]} {r.shape[0]}x{r.shape[1]} rank {r.rank} ({r.energy_kept:.0%} of the energy, "
+            f"{r.macs_after / r.macs_before:.0%} of the multiply-adds)" for r in reports))
     if args.compile is not None:
         from detkit.engine.compile import compile_model, compiled_modules
         # After the twin is built: torchvision's model is timed as its users run it, uncompiled.
@@ -274,6 +304,8 @@ def run(args: argparse.Namespace) -> dict:
     out = {
         "schema": SCHEMA,
         "settings": {**vars(args), "input_hw": list(input_hw), "device": str(device),
+                     "precision_by_model": (common["precision"] if isinstance(common["precision"], dict)
+                                            else {name: args.precision for name in models}),
                      "roi_pool_mode": model.roi_head.roi_pool.mode if hasattr(model, "roi_head") else None},
         "model_config": cfg,
         "machine": machine_info(device),

@@ -143,3 +143,23 @@ def test_methods_bad_options_are_one_line_errors(capsys):
     assert "not --methods" in capsys.readouterr().err
     assert tool.main(["--methods", "fast_rcnn", *TINY[:8], "--set", "rcnn:method.model.context=0"]) == 1
     assert "'rcnn' is not one of" in capsys.readouterr().err
+
+
+def test_cli_fast_and_svd_apply_to_detkit_only(tmp_path, capsys):
+    from detkit.engine.evaluator import native_bf16
+    import torch
+
+    tool = load_tool("benchmark")
+    out = tmp_path / "bench.json"
+    assert tool.main(["--method", "faster_rcnn", *TINY, "--mode", "infer", "--compare", "torchvision",
+                      "--roi-mode", "align", "--fast", "--svd", "32", "8", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    expected = "bf16" if native_bf16(torch.device("cpu")) else "fp32"
+    assert result["settings"]["precision_by_model"] == {"detkit": expected, "torchvision": "fp32"}
+    notes = " ".join(result["notes"])
+    assert f"--fast: detkit in {expected}" in notes and "channels_last" in notes
+    assert "rank 32" in notes and "rank 8" in notes  # fc6 and fc7 of the eighth-width AlexNet
+    assert tool.main(["--method", "faster_rcnn", *TINY, "--svd", "8"]) == 1  # training mode
+    assert "--mode infer" in capsys.readouterr().err
+    assert tool.main(["--methods", "rcnn", "faster_rcnn", *TINY[:8], "--fast"]) == 1
+    assert "use --method" in capsys.readouterr().err

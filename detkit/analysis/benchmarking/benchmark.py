@@ -198,7 +198,7 @@ def measure(entries: dict[str, tuple[nn.Module, dict[str, list[str]], Callable]]
 
 def benchmark_detectors(models: dict[str, tuple[nn.Module, dict[str, list[str]]]], *,
                         input_hw: tuple[int, int], batch_size: int = 2, mode: str = "both",
-                        precision: str = "fp32", warmup: int = 3, repeats: int = 10, num_classes: int,
+                        precision: str | dict[str, str] = "fp32", warmup: int = 3, repeats: int = 10, num_classes: int,
                         channels_last: bool = False, num_proposals: int = 2000, boxes_per_image: int = 4,
                         seed: int = 0) -> dict[str, dict]:
     """Measure detectors (each already on its device) on the same random ``input_hw`` images.
@@ -206,6 +206,8 @@ def benchmark_detectors(models: dict[str, tuple[nn.Module, dict[str, list[str]]]
     Args:
         models: name -> ``(detector, phase map)`` (``DETKIT_PHASES`` for detkit's detectors).
         batch_size: training batch and inference-throughput batch (latency is at batch 1).
+        precision: autocast for every model, or name -> precision (e.g. detkit in bf16 beside
+            torchvision in fp32, as ``detkit benchmark --fast`` compares them).
         num_proposals: random given proposals per image for detectors that take them (R-CNN,
             SPPNet, Fast R-CNN: the same boxes for all, made before timing, so the proposal
             search is excluded and their ``proposals`` phase is 0).
@@ -221,7 +223,9 @@ def benchmark_detectors(models: dict[str, tuple[nn.Module, dict[str, list[str]]]
     if batch_size < 1 or repeats < 1 or warmup < 0 or num_proposals < 1:
         raise BenchmarkError(f"benchmark.py: need batch >= 1, repeats >= 1, warmup >= 0, proposals >= 1 "
                              f"(got {batch_size}, {repeats}, {warmup}, {num_proposals})")
-    autocast(torch.device("cpu"), precision)  # validates precision
+    precisions = {name: precision if isinstance(precision, str) else precision.get(name, "fp32") for name in models}
+    for p in precisions.values():
+        autocast(torch.device("cpu"), p)  # validates precision
     device = next(next(iter(models.values()))[0].parameters()).device
     gen = torch.Generator().manual_seed(seed)
 
@@ -240,10 +244,10 @@ def benchmark_detectors(models: dict[str, tuple[nn.Module, dict[str, list[str]]]
         if kind == "train":
             targets = random_targets(n, h, w, num_classes=num_classes, boxes_per_image=boxes_per_image,
                                      device=device, generator=gen)
-            entries = {name: (m, ph, training_step(m, batch, targets, precision=precision, proposals=props))
+            entries = {name: (m, ph, training_step(m, batch, targets, precision=precisions[name], proposals=props))
                        for name, (m, ph) in models.items()}
         else:
-            entries = {name: (m, ph, inference_step(m, batch, precision=precision, proposals=props))
+            entries = {name: (m, ph, inference_step(m, batch, precision=precisions[name], proposals=props))
                        for name, (m, ph) in models.items()}
         phase_names = TRAIN_PHASES if kind == "train" else INFER_PHASES
         for name, res in measure(entries, warmup=warmup, repeats=repeats, phase_names=phase_names,
