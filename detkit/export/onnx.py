@@ -115,7 +115,23 @@ def verify_onnx(path: str | os.PathLike, graph: ExportableDetector, images: Sequ
                 proposals: Sequence[torch.Tensor] | None = None, atol_px: float = 1e-3,
                 rtol_px: float = 5e-6, atol_score: float = 1e-4) -> dict[str, float]:
     """Run ``path`` with onnxruntime (CPU) and ``graph`` in PyTorch on each ``(3, H, W)`` uint8
-    image; raise :class:`ExportError` unless the detections agree.
+    image; raise :class:`ExportError` unless the detections agree (:func:`compare_runtimes`)."""
+    ort = _require_onnxruntime()
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+    def run(image: torch.Tensor, props: torch.Tensor | None) -> list[np.ndarray]:
+        feeds = {"image": image.numpy(), **({"proposals": props.numpy()} if props is not None else {})}
+        return session.run(OUTPUT_NAMES, feeds)
+
+    return compare_runtimes(run, graph, images, proposals=proposals, what=f"{path}: onnxruntime",
+                            atol_px=atol_px, rtol_px=rtol_px, atol_score=atol_score)
+
+
+def compare_runtimes(run, graph: ExportableDetector, images: Sequence[torch.Tensor], *, what: str,
+                     proposals: Sequence[torch.Tensor] | None = None, atol_px: float = 1e-3,
+                     rtol_px: float = 5e-6, atol_score: float = 1e-4) -> dict[str, float]:
+    """Compare ``run(image, proposals)`` (an exported file's ``[boxes, scores, labels]`` arrays) with
+    ``graph`` in PyTorch on each image; raise :class:`ExportError` naming ``what`` on disagreement.
 
     Detections are matched as sets (same label, nearest box), since two detections whose scores
     differ by less than the runtimes' rounding may be listed in either order.
@@ -123,26 +139,19 @@ def verify_onnx(path: str | os.PathLike, graph: ExportableDetector, images: Sequ
     Returns:
         ``{"images", "detections", "max_box_px", "max_score"}``: the largest differences seen.
     """
-    ort = _require_onnxruntime()
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    if graph.given_proposals and proposals is None:
+        raise ValueError("compare_runtimes: a Fast R-CNN graph needs proposals for each image")
     worst = {"images": 0, "detections": 0, "max_box_px": 0.0, "max_score": 0.0}
     for i, image in enumerate(images):
-        feeds = {"image": image.numpy()}
-        args: tuple = (image,)
-        if graph.given_proposals:
-            if proposals is None:
-                raise ValueError("verify_onnx: a Fast R-CNN graph needs proposals for each image")
-            feeds["proposals"] = proposals[i].numpy()
-            args = (image, proposals[i])
+        props = proposals[i] if graph.given_proposals else None
         with torch.no_grad():
-            ref = [t.numpy() for t in graph(*args)]
-        out = session.run(OUTPUT_NAMES, feeds)
+            ref = [t.numpy() for t in graph(image, *([props] if props is not None else []))]
+        out = run(image, props)
         box_px, score = match_detections(out, ref, rtol_px=rtol_px)
         if len(out[0]) != len(ref[0]) or box_px > atol_px or score > atol_score:
-            raise ExportError(f"{path}: onnxruntime and PyTorch disagree on image {i} "
-                              f"({tuple(image.shape)}): {len(out[0])} vs {len(ref[0])} detections, boxes "
-                              f"up to {box_px:.2g} px apart (tolerance {atol_px}), scores up to {score:.2g} "
-                              f"(tolerance {atol_score})")
+            raise ExportError(f"{what} and PyTorch disagree on image {i} ({tuple(image.shape)}): "
+                              f"{len(out[0])} vs {len(ref[0])} detections, boxes up to {box_px:.2g} px apart "
+                              f"(tolerance {atol_px}), scores up to {score:.2g} (tolerance {atol_score})")
         worst["images"] += 1
         worst["detections"] += len(ref[0])
         worst["max_box_px"] = max(worst["max_box_px"], box_px)

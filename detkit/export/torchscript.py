@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from detkit.export.graph import ExportableDetector
-from detkit.export.onnx import ExportError, example_inputs, match_detections
+from detkit.export.onnx import compare_runtimes, example_inputs
 
 
 def export_torchscript(graph: ExportableDetector, path: str | os.PathLike, *, class_names: Sequence[str],
@@ -48,23 +48,14 @@ def verify_torchscript(path: str | os.PathLike, graph: ExportableDetector, image
                        proposals: Sequence[torch.Tensor] | None = None, atol_px: float = 1e-3,
                        rtol_px: float = 5e-6, atol_score: float = 1e-4) -> dict[str, float]:
     """Load ``path`` with ``torch.jit.load`` and compare it with ``graph`` on each image
-    (as :func:`detkit.export.onnx.verify_onnx`)."""
+    (:func:`detkit.export.onnx.compare_runtimes`)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         loaded = torch.jit.load(str(path), map_location="cpu")
-    worst = {"images": 0, "detections": 0, "max_box_px": 0.0, "max_score": 0.0}
-    for i, image in enumerate(images):
-        args = (image,) if not graph.given_proposals else (image, proposals[i])
+
+    def run(image: torch.Tensor, props: torch.Tensor | None) -> list:
         with torch.no_grad():
-            ref = [t.numpy() for t in graph(*args)]
-            out = [t.numpy() for t in loaded(*args)]
-        box_px, score = match_detections(out, ref, rtol_px=rtol_px)
-        if len(out[0]) != len(ref[0]) or box_px > atol_px or score > atol_score:
-            raise ExportError(f"{path}: the TorchScript file and PyTorch disagree on image {i} "
-                              f"({tuple(image.shape)}): {len(out[0])} vs {len(ref[0])} detections, boxes up to "
-                              f"{box_px:.2g} px apart, scores up to {score:.2g}")
-        worst["images"] += 1
-        worst["detections"] += len(ref[0])
-        worst["max_box_px"] = max(worst["max_box_px"], box_px)
-        worst["max_score"] = max(worst["max_score"], score)
-    return worst
+            return [t.numpy() for t in loaded(image, *([props] if props is not None else []))]
+
+    return compare_runtimes(run, graph, images, proposals=proposals, what=f"{path}: the TorchScript file",
+                            atol_px=atol_px, rtol_px=rtol_px, atol_score=atol_score)

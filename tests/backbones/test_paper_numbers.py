@@ -1,4 +1,4 @@
-"""The seeds' numbers for AlexNet, ZFNet and GoogLeNet (DESIGN.md §3), from the real modules.
+"""The papers' numbers for AlexNet, ZFNet and GoogLeNet (layer shapes, parameters, multiply-adds), from the real modules.
 
 Shapes at the papers' input sizes are propagated on the ``meta`` device (no compute).
 """

@@ -185,3 +185,17 @@ def test_mismatched_big_file_gives_clear_error(tv_vgg):
 
     with pytest.raises(WeightsMismatchError, match="vgg16.pth"):
         resnet101_backbone(width=0.25, weights=path)
+
+
+@torch.no_grad()
+def test_a_weights_file_reaches_a_detector_through_the_config(tv_alexnet):
+    """The route docs/training.md gives users: backbone.weights=FILE on any method's config."""
+    import detkit
+
+    tv, path = tv_alexnet
+    model = detkit.build("faster_rcnn", "alexnet_tv", num_classes=2, **{"backbone.weights": str(path),
+                                                                        "backbone.frozen_stages": 2})
+    first = model.backbone.trunk[0]
+    assert torch.equal(first.weight, tv.features[0].weight)
+    assert torch.equal(model.backbone.region_head[5].weight, tv.classifier[4].weight)  # fc7
+    assert not first.weight.requires_grad  # frozen_stages=2: conv1-conv2 stay fixed

@@ -1,4 +1,4 @@
-"""The install traps of DESIGN.md §6, checked on the installed environment."""
+"""The install traps detkit.utils.env_check guards against (docs/install.md), checked on the installed environment."""
 from __future__ import annotations
 
 import sys

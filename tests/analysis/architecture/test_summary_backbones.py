@@ -1,4 +1,4 @@
-"""The summary tool's numbers for detkit's backbones agree with the seeds' numbers (DESIGN.md §3)."""
+"""The summary tool's numbers for detkit's backbones agree with the papers' numbers."""
 from __future__ import annotations
 
 import pytest
