@@ -178,8 +178,8 @@ def load(checkpoint: str | os.PathLike, device: str | torch.device = "auto", ove
         amp: autocast at test time: ``"none"``, ``"bf16"``, ``"fp16"`` or ``"auto"``.
         batch_size: images per forward pass when given a list.
         fast: every test-time option detkit recommends for this device: bf16 autocast where it
-            is native (AVX512-BF16 / AMX CPUs, bf16 GPUs; ``amp`` is then ignored) and
-            ``channels_last`` (docs/performance.md, "--fast").
+            is native (AVX512-BF16 / AMX CPUs, bf16 GPUs; ``amp`` is then ignored), batch norm
+            folded into the convolutions and ``channels_last`` (docs/performance.md, "--fast").
         svd: ranks for a truncated SVD of the region head's fc layers (fc6, fc7), e.g. ``(1024, 256)``
             for VGG-16 as in the Fast R-CNN paper: faster at test time for a small loss of
             accuracy (``detkit.compression``; docs/performance.md measures it).
@@ -194,9 +194,11 @@ def load(checkpoint: str | os.PathLike, device: str | torch.device = "auto", ove
     model, ckpt = model_from_checkpoint(Path(checkpoint), list(overrides))
     device = resolve_device(str(device))
     if fast:
+        from detkit.compression import fold_batch_norms
         from detkit.engine.evaluator import resolve_amp
 
         amp = resolve_amp("auto", device)
+        fold_batch_norms(model.eval())
         model.channels_last = True  # Detector.preprocess then feeds NHWC inputs
         model.to(memory_format=torch.channels_last)
     if svd:

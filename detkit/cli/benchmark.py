@@ -74,7 +74,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="torch.compile backend with --compile (inductor; eager/aot_eager to debug)")
     p.add_argument("--fast", action="store_true",
                    help="every CPU option detkit recommends, for detkit only: bf16 autocast where the CPU "
-                        "computes it natively (AVX512-BF16 / AMX), channels_last")
+                        "computes it natively (AVX512-BF16 / AMX), channels_last, and (--mode infer) batch "
+                        "norm folded into the convolutions")
     p.add_argument("--svd", type=int, nargs="+", default=None, metavar="RANK",
                    help="inference: truncated SVD of detkit's region-head fc layers (fc6 fc7) with these "
                         "ranks (detkit.compression; torchvision's twin is left as built)")
@@ -271,11 +272,17 @@ def run(args: argparse.Namespace) -> dict:
         # detkit only: torchvision stays float32 eager, as its users run it.
         detkit_precision = "bf16" if native_bf16(device) else "fp32"
         common["precision"] = {"detkit": detkit_precision, "torchvision": args.precision}
+        folded = []
+        if args.mode == "infer":  # folding replaces the norms: inference only
+            from detkit.compression import fold_batch_norms
+            folded = fold_batch_norms(model.eval())
         model.channels_last = True  # Detector.preprocess then feeds NHWC inputs
         model.to(memory_format=torch.channels_last)
         notes.append(f"--fast: detkit in {detkit_precision} autocast"
-                     f"{' (native on this machine)' if detkit_precision == 'bf16' else ' (no native bf16 here)'} "
-                     f"and channels_last; torchvision {args.precision}, contiguous, as its users run it.")
+                     f"{' (native on this machine)' if detkit_precision == 'bf16' else ' (no native bf16 here)'}, "
+                     f"channels_last, {len(folded)} batch norms folded into their convolutions"
+                     f"{'' if args.mode == 'infer' else ' (folding is for --mode infer only)'}; "
+                     f"torchvision {args.precision}, contiguous, as its users run it.")
     if args.svd:
         from detkit.compression import compress_region_head
         # After the twin is built (it copies detkit's region head); the twin keeps full fc layers.

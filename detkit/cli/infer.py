@@ -201,8 +201,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "pays off over many images of similar size")
     p.add_argument("--compile-backend", default="inductor", help="torch.compile backend with --compile")
     p.add_argument("--fast", action="store_true",
-                   help="bf16 autocast where the CPU/GPU computes it natively, and channels_last "
-                        "(detkit.load(fast=True))")
+                   help="bf16 autocast where the CPU/GPU computes it natively, batch norm folded into the "
+                        "convolutions, channels_last (detkit.load(fast=True))")
     p.add_argument("--svd", type=int, nargs="+", default=None, metavar="RANK",
                    help="truncated SVD of the region head's fc layers (fc6 fc7), e.g. --svd 1024 256 "
                         "(Fast R-CNN paper, VGG-16): faster, slightly less accurate (detkit.compression)")

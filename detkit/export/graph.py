@@ -7,8 +7,8 @@ graph (ONNX or TorchScript), and any runtime can use it without detkit:
 * input ``image``: uint8 RGB ``(3, H, W)`` of any size (and, for Fast R-CNN, ``proposals``
   ``(P, 4)`` float32 xyxy in that image's pixels);
 * the run's test resize (the Fast R-CNN rule: shorter side ``min_size``, longer side at most
-  ``max_size``, each side rounded), bilinear, rounded back to 0-255 like the uint8 images the
-  model was trained on; padding to a multiple of 32 and normalisation, as ``Detector.preprocess``;
+  ``max_size``, each side rounded), bilinear in float; padding to a multiple of 32 and
+  normalisation, as ``Detector.preprocess``;
 * the trunk, the RPN (anchors, top-k, NMS) and the RoI head (RoI pooling, region head, per-class
   NMS), the same modules and the same arithmetic as the eager detector, for a single image;
 * outputs ``boxes`` ``(D, 4)`` float32 xyxy in the input image's pixels, ``scores`` ``(D,)``
@@ -21,8 +21,9 @@ It is written here, once, rather than in the methods, because batching and traci
 code in opposite directions; tests/export checks that the two give the same detections.
 
 The only difference from ``detkit.load(...)``'s predictions is the resize: the predictor resizes
-with OpenCV (fixed-point ``INTER_LINEAR``), the graph with bilinear interpolation in float; pixel
-values differ by at most 1, which moves boxes by a fraction of a pixel.
+with OpenCV (fixed-point ``INTER_LINEAR``, rounded to uint8), the graph with bilinear
+interpolation in float; pixel values differ by less than 1, which moves boxes by a fraction of a
+pixel.
 """
 from __future__ import annotations
 
@@ -69,7 +70,7 @@ class ExportableDetector(nn.Module):
         hw = torch._shape_as_tensor(image)[1:].float()  # (2,) traced: the graph stays dynamic in H, W
         scale = torch.minimum(self.min_size / hw.min(), self.max_size / hw.max())
         new_hw = torch.round(hw * scale)  # the test transform rounds each side
-        x = resize_rounded(image, new_hw)
+        x = resize_bilinear(image, new_hw)
         ratio = (hw / new_hw).flip(0).repeat(2)  # (x, y, x, y) back to the input's pixels
         if proposals is not None:
             proposals = proposals.float().reshape(-1, 4) / ratio
@@ -130,15 +131,16 @@ class ExportableDetector(nn.Module):
         return boxes[kept], scores[kept], labels[kept]
 
 
-def resize_rounded(image: Tensor, new_hw: Tensor) -> Tensor:
-    """uint8 ``(3, H, W)`` -> float ``(1, 3, h, w)`` of whole values 0-255, bilinear (half-pixel
-    centres, as OpenCV's ``INTER_LINEAR``), ``new_hw`` ``(2,)`` float holding whole numbers.
+def resize_bilinear(image: Tensor, new_hw: Tensor) -> Tensor:
+    """uint8 ``(3, H, W)`` -> float ``(1, 3, h, w)`` on the 0-255 scale, bilinear with half-pixel
+    centres (as OpenCV's ``INTER_LINEAR``); ``new_hw`` ``(2,)`` float holding whole numbers.
 
     The scale factors are nudged by a quarter pixel so that ``floor(H * s) = h`` exactly, and
-    ``recompute_scale_factor`` then samples at ``H / h`` like OpenCV does.
+    ``recompute_scale_factor`` then samples at ``H / h`` like OpenCV does. The values are not
+    rounded back to whole numbers: rounding would turn the runtimes' last-bit differences into
+    whole grey levels at ``x.5`` and make the exported file disagree with PyTorch.
     """
     hw = torch._shape_as_tensor(image)[1:].float()
     factors = (new_hw + 0.25) / hw
-    x = F.interpolate(image[None].float(), scale_factor=(factors[0], factors[1]), mode="bilinear",
-                      align_corners=False, recompute_scale_factor=True)
-    return x.round().clamp(0, 255)
+    return F.interpolate(image[None].float(), scale_factor=(factors[0], factors[1]), mode="bilinear",
+                         align_corners=False, recompute_scale_factor=True)

@@ -3,7 +3,6 @@ files equal PyTorch on real images of sizes other than the traced example's."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,8 +15,9 @@ from detkit.engine.config import compose_run_config
 from detkit.export.graph import ExportableDetector
 from detkit.export.onnx import ExportError, grid_proposals, match_detections
 from tests._tools import load_tool
+from tests.conftest import SHARED_DATA
 
-SHARED_BCCD = Path(__file__).resolve().parents[3] / "shared" / "data" / "bccd"
+SHARED_BCCD = SHARED_DATA / "bccd"  # photos when present; generated pictures otherwise (no skip)
 CLASSES = ["circle", "cross", "square"]
 
 
@@ -31,6 +31,21 @@ def decisive(model: torch.nn.Module) -> torch.nn.Module:
             for p in layer.parameters():
                 p.copy_(torch.randn(p.shape, generator=gen))
     return model
+
+
+@torch.no_grad()
+def calibrated(model: torch.nn.Module) -> torch.nn.Module:
+    """Set every batch norm's statistics from one training-mode pass on random images, then eval:
+    deep untrained trunks (GoogLeNet, ResNet) otherwise shrink activations to ~1e-20, where every
+    score ties and the comparison would test tie-breaking."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = None  # cumulative average: one pass sets the statistics
+    gen = torch.Generator().manual_seed(0)
+    batch = ImageBatch.from_images([torch.randint(0, 256, (3, 128, 160), generator=gen, dtype=torch.uint8)] * 2)
+    targets = [{"boxes": torch.tensor([[10.0, 10.0, 80.0, 90.0]]), "labels": torch.tensor([0])}] * 2
+    model.train()(batch, targets)
+    return model.eval()
 
 
 def tiny_config(method: str, **extra: str):
@@ -108,16 +123,30 @@ def test_export_equals_pytorch_on_real_images(checkpoint, fmt, tmp_path):
     assert check["images"] == 3 and check["detections"] > 30
     assert check["max_box_px"] <= 1e-3 and check["max_score"] <= 1e-4
     assert (info["min_size"], info["max_size"]) == (160, 256)
-    # The file's detections are close to the predictor's, whose only difference is OpenCV's resize.
+    # At the test size neither path resizes: the graph gives the predictor's detections.
     graph = ExportableDetector(predictor.model, min_size=160, max_size=256)
-    image = images[0]
-    props = grid_proposals(*image.shape[1:]) if method == "fast_rcnn" else None
+    image = images[0][:, :160, :240].contiguous()
+    props = grid_proposals(160, 240) if method == "fast_rcnn" else None
     with torch.no_grad():
         ours = [t.numpy() for t in graph(image, *([props] if props is not None else []))]
     theirs = predictor(image, proposals=None if props is None else props.numpy())
-    top = theirs.scores >= 0.5
-    box_px, _ = match_detections((theirs.boxes[top], theirs.scores[top], theirs.labels[top]), ours)
-    assert box_px < 3.0
+    assert len(theirs) == len(ours[0]) > 0
+    box_px, score = match_detections((theirs.boxes, theirs.scores, theirs.labels), ours)
+    assert box_px < 1e-3 and score < 1e-5
+
+
+def test_the_graph_resizes_like_opencv():
+    """The graph's bilinear resize stays within one grey level of OpenCV's (the predictor's)."""
+    import cv2
+
+    from detkit.export.graph import resize_bilinear
+
+    image = real_images()[0]
+    for h, w in ((240, 320), (611, 433), (100, 130)):
+        ours = resize_bilinear(image, torch.tensor([float(h), float(w)]))[0].permute(1, 2, 0).numpy()
+        theirs = cv2.resize(image.permute(1, 2, 0).numpy(), (w, h), interpolation=cv2.INTER_LINEAR)
+        assert ours.shape == theirs.shape
+        assert np.abs(ours - theirs.astype(np.float32)).max() <= 1.0
 
 
 def test_onnx_interface_and_metadata(checkpoint, tmp_path):
@@ -182,3 +211,81 @@ def test_cli_export_refuses_a_method_without_a_graph(tmp_path, capsys):
     assert load_tool("export").main(["--checkpoint", str(path), "--out", str(tmp_path / "r.onnx")]) == 2
     err = capsys.readouterr().err
     assert "RCNN" in err and "deploy.md" in err and not (tmp_path / "r.onnx").exists()
+
+
+@pytest.mark.parametrize("backbone", ["zfnet", "vgg16", "googlenet"])
+def test_every_backbone_exports_and_matches(backbone, tmp_path):
+    """The graph traces through every trunk and region head (LRN, inception, the NoC conv5 head)."""
+    pytest.importorskip("onnxruntime")
+    from detkit.export.onnx import export_onnx
+
+    conf = compose_run_config(["method=faster_rcnn", f"backbone={backbone}", "backbone.width=0.125",
+                               "backbone.norm=bn", "method.model.anchor_sizes=[32,64,128]",
+                               "method.model.rpn_post_nms_top_n_test=50"])
+    torch.manual_seed(0)
+    model = decisive(calibrated(build_model(conf, len(CLASSES))))
+    graph = ExportableDetector(model, min_size=128, max_size=192)
+    export_onnx(graph, tmp_path / "m.onnx", class_names=CLASSES, method="faster_rcnn")
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    gen = torch.Generator().manual_seed(1)
+    for h, w in ((100, 150), (170, 120)):
+        image = torch.randint(0, 256, (3, h, w), generator=gen, dtype=torch.uint8)
+        with torch.no_grad():
+            ref = [t.numpy() for t in graph(image)]
+        out = session.run(None, {"image": image.numpy()})
+        # A size frozen at the traced example (480 x 640) would move every box by whole pixels.
+        # Untrained deep trunks on noise (ResNet-101: ~1e-4 relative difference between the
+        # runtimes' convolutions) leave near-ties in the RPN's ranking that may fall either way, so
+        # this asks most detections, not all, to agree; the strict check (every detection within
+        # 1e-3 px) is held on real images by the tests above.
+        dist = np.abs(out[0][:, None, :] - ref[0][None, :, :]).max(-1)
+        dist = np.where(out[2][:, None] == ref[2][None, :], dist, np.inf)
+        matched = (dist.min(1) < 0.05).mean() if len(out[0]) else 0.0
+        assert len(ref[0]) > 0 and abs(len(out[0]) - len(ref[0])) <= 0.2 * len(ref[0]) and matched >= 0.8, (
+            backbone, (h, w), len(out[0]), len(ref[0]), matched)
+
+
+def test_resnet_noc_head_exports_and_matches(tmp_path):
+    """ResNet (the NoC split: conv5 per region). Untrained, its 100-layer trunk differs between the
+    runtimes by ~1e-4 relative, enough to reorder the RPN's near-tied scores, so the full file is
+    run at two sizes and everything after the trunk is compared on identical features."""
+    ort = pytest.importorskip("onnxruntime")
+    from detkit.export.onnx import export_onnx
+
+    conf = compose_run_config(["method=faster_rcnn", "backbone=resnet101", "backbone.width=0.125", "backbone.norm=bn",
+                               "method.model.anchor_sizes=[32,64,128]", "method.model.rpn_post_nms_top_n_test=50"])
+    torch.manual_seed(0)
+    graph = ExportableDetector(decisive(calibrated(build_model(conf, len(CLASSES)))), min_size=128, max_size=192)
+    export_onnx(graph, tmp_path / "m.onnx", class_names=CLASSES, method="faster_rcnn")
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    for h, w in ((100, 150), (170, 120)):
+        boxes, scores, labels = session.run(None, {"image": torch.randint(0, 256, (3, h, w), dtype=torch.uint8).numpy()})
+        assert boxes.shape[1] == 4 and len(boxes) == len(scores) == len(labels) > 0
+        assert boxes[:, 2].max() <= w + 1e-3 and boxes[:, 3].max() <= h + 1e-3  # in this image's pixels
+
+    class AfterTrunk(torch.nn.Module):  # RPN + RoI head on given features of an image of x's size
+        def __init__(self):
+            super().__init__()
+            self.det = graph  # not ".graph": the exporter reads that name on the module it traces
+
+        def forward(self, features, x):
+            hw = torch._shape_as_tensor(x)[2:][None]
+            return self.det.roi_detections(features, self.det.rpn_proposals(features, hw), hw)
+
+    after = AfterTrunk().eval()
+    x = torch.randn(1, 3, 128, 192)
+    with torch.no_grad():
+        torch.onnx.export(after, (graph.model.backbone(x), x), str(tmp_path / "head.onnx"), dynamo=False,
+                          opset_version=17, input_names=["features", "x"],
+                          dynamic_axes={"features": {2: "fh", 3: "fw"}, "x": {2: "h", 3: "w"}})
+    head = ort.InferenceSession(str(tmp_path / "head.onnx"), providers=["CPUExecutionProvider"])
+    for shape in ((1, 3, 128, 192), (1, 3, 181, 128)):
+        x = torch.randn(*shape)
+        with torch.no_grad():
+            features = graph.model.backbone(x)
+            ref = [t.numpy() for t in after(features, x)]
+        out = head.run(None, {"features": features.numpy(), "x": x.numpy()})
+        box_px, score = match_detections(out, ref)
+        assert len(out[0]) == len(ref[0]) > 0 and box_px < 1e-3 and score < 1e-4
