@@ -146,19 +146,22 @@ class Predictor:
         return out[0] if single else out
 
     def export(self, path: str | os.PathLike, format: str = "onnx", *, verify: bool = True,
-               images: Sequence | None = None) -> dict[str, Any]:
+               images: Sequence | None = None, benchmark: bool = False,
+               threads: int | None = None) -> dict[str, Any]:
         """Write the detector as one graph (resize, network, NMS) for runtimes without detkit:
         ``format`` ``"onnx"`` or ``"torchscript"``; Faster R-CNN and Fast R-CNN (docs/deploy.md).
 
         With ``verify``, the file is run (onnxruntime / ``torch.jit.load``) and compared with
         PyTorch on ``images`` (paths, arrays, ... as :meth:`__call__` takes; default: two generated
-        ones). Returns what ``detkit.export.export_predictor`` returns.
+        ones). ``benchmark`` (ONNX) also times onnxruntime against PyTorch on them, with
+        ``threads`` threads. Returns what ``detkit.export.export_predictor`` returns.
         """
         from detkit.export import export_predictor
 
         tensors = None if images is None else [
             torch.from_numpy(as_rgb_array(im)).permute(2, 0, 1).contiguous() for im in images]
-        return export_predictor(self, path, format=format, images=tensors, verify=verify)
+        return export_predictor(self, path, format=format, images=tensors, verify=verify,
+                                benchmark=benchmark, threads=threads)
 
     def __repr__(self) -> str:
         method = (self.config.get("method") or {}).get("name", type(self.model).__name__)

@@ -46,7 +46,8 @@ def run(args: argparse.Namespace) -> dict:
     if out.exists() and not args.force:
         raise ExportError(f"{out} exists; pass --force to replace it")
     predictor = detkit.load(args.checkpoint, device="cpu", overrides=args.overrides)
-    info = predictor.export(out, args.format, verify=not args.no_verify, images=args.verify)
+    info = predictor.export(out, args.format, verify=not args.no_verify, images=args.verify,
+                            benchmark=args.benchmark, threads=args.threads)
     check = info.get("check")
     where = f"{info['method']} -> {info['path']} ({args.format}; resize {info['min_size']}/{info['max_size']})"
     if check:
@@ -54,30 +55,10 @@ def run(args: argparse.Namespace) -> dict:
               f"{check['max_box_px']:.2g} px, scores within {check['max_score']:.2g} of PyTorch")
     else:
         print(f"{where}\nnot checked (--no-verify)")
-    if args.benchmark:
-        if args.format != "onnx":
-            raise ExportError("--benchmark times onnxruntime: use it with --format onnx")
-        info["latency"] = benchmark(predictor, out, args)
+    if "latency" in info:
         print(f"latency per image ({args.threads or 'default'} threads): onnxruntime "
               f"{info['latency']['onnxruntime_ms']:.1f} ms, PyTorch {info['latency']['pytorch_ms']:.1f} ms")
     return info
-
-
-def benchmark(predictor, path: Path, args: argparse.Namespace) -> dict[str, float]:
-    """Time the written file against the same graph in PyTorch (detkit.export.onnx.time_runtimes)."""
-    import torch
-
-    from detkit.export.api import check_images, resize_settings
-    from detkit.export.graph import ExportableDetector
-    from detkit.export.onnx import grid_proposals, time_runtimes
-    from detkit.predictor import as_rgb_array
-
-    images = check_images(None if not args.verify else [
-        torch.from_numpy(as_rgb_array(name)).permute(2, 0, 1).contiguous() for name in args.verify])
-    min_size, max_size = resize_settings(predictor.config)
-    graph = ExportableDetector(predictor.model.float().cpu(), min_size=min_size, max_size=max_size)
-    props = [grid_proposals(int(im.shape[1]), int(im.shape[2])) for im in images] if graph.given_proposals else None
-    return time_runtimes(path, graph, images, proposals=props, threads=args.threads)
 
 
 def main(argv=None) -> int:

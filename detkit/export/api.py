@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from detkit.export.graph import ExportableDetector
-from detkit.export.onnx import ExportError, export_onnx, grid_proposals, verify_onnx
+from detkit.export.onnx import ExportError, export_onnx, grid_proposals, time_runtimes, verify_onnx
 from detkit.export.torchscript import export_torchscript, verify_torchscript
 
 FORMATS = ("onnx", "torchscript")
@@ -39,14 +39,17 @@ def check_images(images: Sequence[torch.Tensor] | None = None) -> list[torch.Ten
 
 
 def export_predictor(predictor, path: str | os.PathLike, *, format: str = "onnx",
-                     images: Sequence[torch.Tensor] | None = None, verify: bool = True) -> dict[str, Any]:
+                     images: Sequence[torch.Tensor] | None = None, verify: bool = True,
+                     benchmark: bool = False, threads: int | None = None) -> dict[str, Any]:
     """Write ``predictor``'s detector to ``path`` as ``format`` (``onnx`` or ``torchscript``) and,
     with ``verify``, check the file against PyTorch on ``images`` (``(3, H, W)`` uint8; default
-    :func:`check_images`).
+    :func:`check_images`). With ``benchmark`` (ONNX), also time onnxruntime against the same graph
+    in PyTorch on those images, with ``threads`` intra-op threads.
 
     Returns:
-        ``{"path", "format", "method", "min_size", "max_size", "check": {...}}`` (``check``: the
-        largest differences, :func:`detkit.export.onnx.verify_onnx`; absent without ``verify``).
+        ``{"path", "format", "method", "min_size", "max_size", "check": {...}, "latency": {...}}``
+        (``check``: the largest differences, :func:`detkit.export.onnx.verify_onnx`, absent without
+        ``verify``; ``latency``: :func:`detkit.export.onnx.time_runtimes`, only with ``benchmark``).
 
     Raises:
         ExportError: a method that does not export as one graph, a missing runtime, or a file
@@ -54,6 +57,8 @@ def export_predictor(predictor, path: str | os.PathLike, *, format: str = "onnx"
     """
     if format not in FORMATS:
         raise ExportError(f"export: format must be one of {', '.join(FORMATS)}, got {format!r}")
+    if benchmark and format != "onnx":
+        raise ExportError("export: benchmark times onnxruntime; use it with format 'onnx'")
     method = str((predictor.config.get("method") or {}).get("name", type(predictor.model).__name__))
     min_size, max_size = resize_settings(predictor.config)
     try:
@@ -64,10 +69,12 @@ def export_predictor(predictor, path: str | os.PathLike, *, format: str = "onnx"
     out = writer(graph, path, class_names=predictor.class_names, method=method)
     info: dict[str, Any] = {"path": str(out), "format": format, "method": method,
                             "min_size": min_size, "max_size": max_size}
+    imgs = check_images(images)
+    props = [grid_proposals(int(im.shape[1]), int(im.shape[2])) for im in imgs] if graph.given_proposals else None
     if verify:
-        imgs = check_images(images)
-        props = [grid_proposals(int(im.shape[1]), int(im.shape[2])) for im in imgs] if graph.given_proposals else None
         info["check"] = checker(out, graph, imgs, proposals=props)
+    if benchmark:
+        info["latency"] = time_runtimes(out, graph, imgs, proposals=props, threads=threads)
     return info
 
 

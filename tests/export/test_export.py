@@ -289,3 +289,16 @@ def test_resnet_noc_head_exports_and_matches(tmp_path):
         out = head.run(None, {"features": features.numpy(), "x": x.numpy()})
         box_px, score = match_detections(out, ref)
         assert len(out[0]) == len(ref[0]) > 0 and box_px < 1e-3 and score < 1e-4
+
+
+def test_cli_export_benchmark_times_both_runtimes(checkpoint, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    _, path = checkpoint
+    tool = load_tool("export")
+    assert tool.main(["--checkpoint", str(path), "--out", str(tmp_path / "m.onnx"), "--benchmark",
+                      "--threads", "1"]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith("latency per image (1 threads): onnxruntime") and "PyTorch" in line
+    assert tool.main(["--checkpoint", str(path), "--format", "torchscript", "--out", str(tmp_path / "m.pt"),
+                      "--benchmark"]) == 2
+    assert "use it with format 'onnx'" in capsys.readouterr().err and not (tmp_path / "m.pt").exists()
