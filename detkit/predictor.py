@@ -197,13 +197,11 @@ def load(checkpoint: str | os.PathLike, device: str | torch.device = "auto", ove
     model, ckpt = model_from_checkpoint(Path(checkpoint), list(overrides))
     device = resolve_device(str(device))
     if fast:
-        from detkit.compression import fold_batch_norms
+        from detkit.compression import make_fast
         from detkit.engine.evaluator import resolve_amp
 
         amp = resolve_amp("auto", device)
-        fold_batch_norms(model.eval())
-        model.channels_last = True  # Detector.preprocess then feeds NHWC inputs
-        model.to(memory_format=torch.channels_last)
+        make_fast(model)
     if svd:
         from detkit.compression import compress_region_head
 

@@ -272,12 +272,8 @@ def run(args: argparse.Namespace) -> dict:
         # detkit only: torchvision stays float32 eager, as its users run it.
         detkit_precision = "bf16" if native_bf16(device) else "fp32"
         common["precision"] = {"detkit": detkit_precision, "torchvision": args.precision}
-        folded = []
-        if args.mode == "infer":  # folding replaces the norms: inference only
-            from detkit.compression import fold_batch_norms
-            folded = fold_batch_norms(model.eval())
-        model.channels_last = True  # Detector.preprocess then feeds NHWC inputs
-        model.to(memory_format=torch.channels_last)
+        from detkit.compression import make_fast
+        folded = make_fast(model, fold=args.mode == "infer")  # folding replaces the norms: inference only
         notes.append(f"--fast: detkit in {detkit_precision} autocast"
                      f"{' (native on this machine)' if detkit_precision == 'bf16' else ' (no native bf16 here)'}, "
                      f"channels_last, {len(folded)} batch norms folded into their convolutions"

@@ -69,6 +69,8 @@ def export_predictor(predictor, path: str | os.PathLike, *, format: str = "onnx"
     out = writer(graph, path, class_names=predictor.class_names, method=method)
     info: dict[str, Any] = {"path": str(out), "format": format, "method": method,
                             "min_size": min_size, "max_size": max_size}
+    if not (verify or benchmark):
+        return info
     imgs = check_images(images)
     props = [grid_proposals(int(im.shape[1]), int(im.shape[2])) for im in imgs] if graph.given_proposals else None
     if verify:

@@ -41,7 +41,7 @@ class ExportableDetector(nn.Module):
     """``image`` ``(3, H, W)`` uint8 [, ``proposals`` ``(P, 4)``] -> ``boxes, scores, labels`` (module docstring).
 
     Args:
-        model: a trained :class:`FasterRCNN` or :class:`FastRCNN` (put in eval mode here).
+        model: a trained :class:`FasterRCNN` or :class:`FastRCNN` (put in eval mode with the graph).
         min_size, max_size: the run's test resize (``data.transforms``; 600 / 1000 by default).
         size_divisible: pad the resized image to a multiple of this (the data loader's 32).
     """
@@ -52,7 +52,7 @@ class ExportableDetector(nn.Module):
         if not isinstance(model, (FasterRCNN, FastRCNN)):
             raise TypeError(f"ExportableDetector: only Faster R-CNN and Fast R-CNN export as one graph, got "
                             f"{type(model).__name__} (docs/deploy.md says how the other methods run)")
-        self.model = model.eval()
+        self.model = model
         self.given_proposals = isinstance(model, FastRCNN)
         self.min_size = float(min_size)
         self.max_size = float(max_size)

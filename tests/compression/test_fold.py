@@ -42,3 +42,16 @@ def test_training_mode_and_frozen_norms():
         fold_batch_norms(model.train())
     resnet = build_model(compose_run_config(["method=faster_rcnn", "backbone=resnet50", "backbone.width=0.125"]), 3)
     assert fold_batch_norms(resnet.eval()) == []  # frozen_bn: not torch's BatchNorm2d, left alone
+
+
+def test_make_fast_folds_only_when_asked_and_sets_channels_last():
+    from detkit.compression import make_fast
+
+    conf = compose_run_config(["method=faster_rcnn", "backbone=alexnet", "backbone.width=0.125", "backbone.norm=bn"])
+    training = build_model(conf, 3)
+    assert make_fast(training, fold=False) == [] and training.channels_last
+    assert any(isinstance(m, nn.BatchNorm2d) for m in training.modules())
+    inference = build_model(conf, 3)
+    assert len(make_fast(inference)) == 5 and not inference.training
+    conv = inference.backbone.trunk[0]
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
