@@ -82,7 +82,14 @@ class SpatialPyramidPool(nn.Module):
         """
         if features.dim() != 4:
             raise ValueError(f"SpatialPyramidPool: features must be (N, C, H, W), got {tuple(features.shape)}")
-        rows = RoIPool._as_rows(rois, features, owner="SpatialPyramidPool").to(features.dtype)
+        rows = RoIPool._as_rows(rois, features, owner="SpatialPyramidPool")
+        if rows.dtype != features.dtype:
+            if torch.is_autocast_enabled(features.device.type):
+                # as RoIPool: pool in float32 under autocast (torchvision's CPU roi_pool has no
+                # bf16 kernel, and bf16 box corners would be rounded to whole multiples of 4 px)
+                features = features.float()
+            else:
+                rows = rows.to(features.dtype)
         return torch.cat([roi_pool(features, rows, level, self.spatial_scale).flatten(1)
                           for level in self.levels], dim=1)
 
@@ -116,5 +123,5 @@ class SpatialPyramidPool(nn.Module):
             if len(sel) == 0:
                 continue
             scaled = boxes[sel] * factors[img[sel], s][:, None]
-            out[sel] = self(fmap, torch.cat((img[sel, None].to(scaled), scaled), dim=1))
+            out[sel] = self(fmap, torch.cat((img[sel, None].to(scaled), scaled), dim=1)).to(dtype)
         return out

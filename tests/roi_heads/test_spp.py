@@ -74,3 +74,23 @@ def test_bad_input():
     with pytest.raises(ValueError, match="^SpatialPyramidPool: "):
         SpatialPyramidPool().forward_multiscale([torch.zeros(1, 2, 4, 4)], [torch.zeros(1, 4)],
                                                 torch.ones(1, 2))
+
+
+def test_runs_under_cpu_bf16_autocast():
+    # torchvision's CPU roi_pool has no bf16 kernel: SPPNet trained with amp=bf16 (preset=cpu on a
+    # CPU with AVX512-BF16) used to fail with "roi_pool_forward_kernel not implemented for BFloat16".
+    spp = SpatialPyramidPool(levels=(2, 1), spatial_scale=1 / 8)
+    features = torch.randn(1, 4, 8, 8)
+    boxes = [torch.tensor([[0.0, 0.0, 64.0, 64.0], [16.0, 16.0, 48.0, 40.0]])]
+    expected = spp(features, boxes)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = spp(features.bfloat16(), boxes)
+    assert got.shape == (2, 4 * 5)
+    torch.testing.assert_close(got.float(), expected, atol=0.05, rtol=0.05)
+    # multi-scale pooling (SPPNet's training path) too
+    factors = torch.tensor([[1.0, 0.5]])
+    maps = [features, features[:, :, :4, :4]]
+    expected = spp.forward_multiscale(maps, [boxes[0]], factors)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = spp.forward_multiscale([m.bfloat16() for m in maps], [boxes[0]], factors)
+    torch.testing.assert_close(got.float(), expected, atol=0.05, rtol=0.05)
