@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "summary": ("summary", "main", "per-layer table of a backbone (shapes, parameters, multiply-adds, RF)"),
     "compare-merges": ("compare_merges", "main", "OverFeat: greedy merge vs NMS on the same candidates"),
     "experiments": ("experiments", "main", "run a suite of training runs and write its report"),
+    "lineage": ("lineage", "main", "train all five methods on one data set; one HTML report side by side"),
     "svm-solvers": ("svm_solvers", "cli", "R-CNN's SVM solvers timed on R-CNN-sized problems"),
     "make-synthetic": ("make_synthetic", "main", "write the generated demo data set in the VOC layout"),
     "voc2coco": ("voc2coco", "main", "convert a VOC split to a COCO annotation file"),
