@@ -170,7 +170,7 @@ class Predictor:
 
 def load(checkpoint: str | os.PathLike, device: str | torch.device = "auto", overrides: Sequence[str] = (),
          *, amp: str = "none", batch_size: int = 4, svd: Sequence[int] | None = None,
-         fast: bool = False) -> Predictor:
+         fast: bool = False, int8: bool = False) -> Predictor:
     """A :class:`Predictor` for a detkit checkpoint (``run_dir/last.pt``) of any method.
 
     Args:
@@ -186,6 +186,8 @@ def load(checkpoint: str | os.PathLike, device: str | torch.device = "auto", ove
         svd: ranks for a truncated SVD of the region head's fc layers (fc6, fc7), e.g. ``(1024, 256)``
             for VGG-16 as in the Fast R-CNN paper: faster at test time for a small loss of
             accuracy (``detkit.compression``; docs/performance.md measures it).
+        int8: int8 dynamic quantisation of the fc layers (region head and box predictor), CPU only
+            (``detkit.compression.quantize_linear_layers``; docs/performance.md measures it).
 
     Raises:
         detkit.engine.checkpoint.CheckpointError: the file is missing, corrupt, not a detkit
@@ -206,5 +208,11 @@ def load(checkpoint: str | os.PathLike, device: str | torch.device = "auto", ove
         from detkit.compression import compress_region_head
 
         compress_region_head(model, list(svd))
+    if int8:
+        if device.type != "cpu":
+            raise ValueError(f"detkit.load: int8=True quantises for the CPU; device is {device}")
+        from detkit.compression import quantize_linear_layers
+
+        quantize_linear_layers(model)
     return Predictor(model, ckpt["config"], ckpt["class_names"], category_ids=ckpt.get("category_ids"),
                      device=device, amp=amp, batch_size=batch_size)

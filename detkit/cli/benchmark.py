@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from detkit.engine.config import CONFIG_DIR
+from detkit.cli.speed_options import add_speed_options
 from detkit.analysis.benchmarking.benchmark import (
     DETKIT_PHASES, INFER_PHASES, PRECISIONS, TRAIN_PHASES, BenchmarkError, benchmark_detectors,
     git_commit, machine_info, phase_map, relative_to_fastest)
@@ -72,13 +73,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "max-autotune-no-cudagraphs. Compilation happens in the warmup calls.")
     p.add_argument("--compile-backend", default="inductor",
                    help="torch.compile backend with --compile (inductor; eager/aot_eager to debug)")
-    p.add_argument("--fast", action="store_true",
-                   help="every CPU option detkit recommends, for detkit only: bf16 autocast where the CPU "
-                        "computes it natively (AVX512-BF16 / AMX), channels_last, and (--mode infer) batch "
-                        "norm folded into the convolutions")
-    p.add_argument("--svd", type=int, nargs="+", default=None, metavar="RANK",
-                   help="inference: truncated SVD of detkit's region-head fc layers (fc6 fc7) with these "
-                        "ranks (detkit.compression; torchvision's twin is left as built)")
+    add_speed_options(p, benchmark=True)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="extra Hydra override of configs/train.yaml (repeatable), "
                         "e.g. --set method.model.rpn_post_nms_top_n_test=1000; with a METHOD: prefix "
@@ -163,8 +158,9 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
         if args.compare is not None:
             raise BenchmarkError("--compare torchvision needs a single Faster R-CNN (--method faster_rcnn), "
                                  "not --methods")
-        if args.fast or args.svd:
-            raise BenchmarkError("--fast and --svd apply to one detector against torchvision: use --method, not --methods")
+        if args.fast or args.svd or args.int8:
+            raise BenchmarkError("--fast, --svd and --int8 apply to one detector against torchvision: use --method, "
+                                 "not --methods")
         if len(set(args.methods)) != len(args.methods):
             raise BenchmarkError(f"--methods lists a method twice: {args.methods}")
         args.mode, args.batch = "infer", args.batch or 1
@@ -291,6 +287,16 @@ def run(args: argparse.Namespace) -> dict:
         notes.append("detkit's region head factorised by truncated SVD: " + ", ".join(
             f"{r.name.rsplit('.', 1)[-1]} {r.shape[0]}x{r.shape[1]} rank {r.rank} ({r.energy_kept:.0%} of the energy, "
             f"{r.macs_after / r.macs_before:.0%} of the multiply-adds)" for r in reports))
+    if args.int8:
+        from detkit.compression import quantize_linear_layers
+        # After the twin is built (it copies detkit's region head) and after --svd (its factors are Linear too).
+        if args.mode != "infer" or device.type != "cpu":
+            raise BenchmarkError("--int8 is a test-time quantisation for the CPU: use it with --mode infer --device cpu")
+        try:
+            names = quantize_linear_layers(model)
+        except ValueError as e:
+            raise BenchmarkError(f"--int8: {e}") from None
+        notes.append(f"detkit's fc layers in int8 (dynamic quantisation): {', '.join(names)}")
     if args.compile is not None:
         from detkit.engine.compile import compile_model, compiled_modules
         # After the twin is built: torchvision's model is timed as its users run it, uncompiled.

@@ -2,7 +2,7 @@
 
     detkit infer --checkpoint outputs/bccd-faster_rcnn-vgg16/last.pt img.jpg photos/ "shots/*.png" \\
         --out outputs/infer [--score-threshold 0.5] [--max-detections 100] [--device auto] [--batch-size 4] \\
-        [--compile] [--fast] [--svd 1024 256] [--set method.model.merge=nms ...]
+        [--compile] [--fast] [--svd 1024 256] [--int8] [--set method.model.merge=nms ...]
     detkit infer --checkpoint RUN/last.pt clip.mp4 --out outputs/video [--stride 2]   # a video
     detkit infer --checkpoint RUN/last.pt --source 0 --out outputs/camera              # camera 0, until Ctrl-C
 
@@ -36,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
+
+from detkit.cli.speed_options import add_speed_options
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
@@ -107,11 +109,12 @@ def run(args: argparse.Namespace) -> dict:
         raise InferError("give images, folders or videos, or a camera with --source N")
     try:
         predictor = load(args.checkpoint, args.device, args.override, svd=args.svd,
-                         fast=args.fast)  # a bad checkpoint is named first
+                         fast=args.fast, int8=args.int8)  # a bad checkpoint is named first
     except ValueError as e:
-        if not args.svd or "compress_region_head" not in str(e):
-            raise
-        raise InferError(f"--svd: {e}") from None
+        for flag, source in (("svd", "compress_region_head"), ("int8", "quantize_linear_layers"), ("int8", "int8=True")):
+            if getattr(args, flag) and source in str(e):
+                raise InferError(f"--{flag}: {e}") from None
+        raise
     paths, videos = collect_inputs(args.inputs) if args.inputs else ([], [])
     if args.compile:
         from detkit.engine.compile import compile_model
@@ -200,12 +203,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="torch.compile the trunk, RPN head and region head (detkit.engine.compile); "
                         "pays off over many images of similar size")
     p.add_argument("--compile-backend", default="inductor", help="torch.compile backend with --compile")
-    p.add_argument("--fast", action="store_true",
-                   help="bf16 autocast where the CPU/GPU computes it natively, batch norm folded into the "
-                        "convolutions, channels_last (detkit.load(fast=True))")
-    p.add_argument("--svd", type=int, nargs="+", default=None, metavar="RANK",
-                   help="truncated SVD of the region head's fc layers (fc6 fc7), e.g. --svd 1024 256 "
-                        "(Fast R-CNN paper, VGG-16): faster, slightly less accurate (detkit.compression)")
+    add_speed_options(p)
     p.add_argument("--set", dest="override", action="append", default=[], metavar="KEY=VALUE",
                    help="change the checkpoint's stored config before building the model, e.g. "
                         "method.model.merge=nms (OverFeat) or method.model.box_score_thresh=0.3; repeatable")

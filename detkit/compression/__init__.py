@@ -1,7 +1,9 @@
 """Making a trained detector cheaper at test time: truncated SVD of the region head's fc layers,
-batch norm folded into the convolutions."""
+int8 dynamic quantisation of the fc layers, batch norm folded into the convolutions."""
 from detkit.compression.fast import make_fast
 from detkit.compression.fold import fold_batch_norms
+from detkit.compression.int8 import quantize_linear_layers
 from detkit.compression.svd import SVDLayerReport, compress_region_head, truncated_svd
 
-__all__ = ["SVDLayerReport", "compress_region_head", "fold_batch_norms", "make_fast", "truncated_svd"]
+__all__ = ["SVDLayerReport", "compress_region_head", "fold_batch_norms", "make_fast", "quantize_linear_layers",
+           "truncated_svd"]

@@ -152,14 +152,17 @@ def test_cli_fast_and_svd_apply_to_detkit_only(tmp_path, capsys):
     tool = load_tool("benchmark")
     out = tmp_path / "bench.json"
     assert tool.main(["--method", "faster_rcnn", *TINY, "--mode", "infer", "--compare", "torchvision",
-                      "--roi-mode", "align", "--fast", "--svd", "32", "8", "--out", str(out)]) == 0
+                      "--roi-mode", "align", "--fast", "--svd", "32", "8", "--int8", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     expected = "bf16" if native_bf16(torch.device("cpu")) else "fp32"
     assert result["settings"]["precision_by_model"] == {"detkit": expected, "torchvision": "fp32"}
     notes = " ".join(result["notes"])
     assert f"--fast: detkit in {expected}" in notes and "channels_last" in notes
     assert "rank 32" in notes and "rank 8" in notes  # fc6 and fc7 of the eighth-width AlexNet
+    assert "int8" in notes and "roi_head.predictor.cls_score" in notes and result["settings"]["int8"]
     assert tool.main(["--method", "faster_rcnn", *TINY, "--svd", "8"]) == 1  # training mode
     assert "--mode infer" in capsys.readouterr().err
     assert tool.main(["--methods", "rcnn", "faster_rcnn", *TINY[:8], "--fast"]) == 1
     assert "use --method" in capsys.readouterr().err
+    assert tool.main(["--method", "faster_rcnn", *TINY, "--int8"]) == 1  # training mode
+    assert "--int8 is a test-time quantisation" in capsys.readouterr().err

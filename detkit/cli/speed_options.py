@@ -1,0 +1,19 @@
+"""The test-time speed options ``detkit infer`` and ``detkit benchmark`` share: ``--fast``,
+``--svd`` and ``--int8`` (detkit.compression; docs/performance.md measures each)."""
+from __future__ import annotations
+
+import argparse
+
+
+def add_speed_options(p: argparse.ArgumentParser, *, benchmark: bool = False) -> None:
+    """Add ``--fast``, ``--svd RANK...`` and ``--int8`` to ``p`` (``benchmark``: detkit's side only)."""
+    who = "detkit only; torchvision's twin is timed as built. " if benchmark else ""
+    p.add_argument("--fast", action="store_true",
+                   help=f"{who}bf16 autocast where the CPU/GPU computes it natively (AVX512-BF16 / AMX), "
+                        "channels_last, and batch norm folded into the convolutions"
+                        + (" (--mode infer)" if benchmark else " (detkit.load(fast=True))"))
+    p.add_argument("--svd", type=int, nargs="+", default=None, metavar="RANK",
+                   help=f"{who}truncated SVD of the region head's fc layers (fc6 fc7), e.g. --svd 1024 256 "
+                        "(Fast R-CNN paper, VGG-16): faster, slightly less accurate")
+    p.add_argument("--int8", action="store_true",
+                   help=f"{who}int8 dynamic quantisation of the fc layers (region head, box predictor); CPU only")

@@ -1,0 +1,79 @@
+"""int8 dynamic quantisation of the fc layers: outputs within tolerance, every Linear replaced, the
+predictor and the benchmark apply it, refusals named."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torchvision.ops import box_iou
+
+import detkit
+from detkit.compression import compress_region_head, quantize_linear_layers
+from detkit.engine.checkpoint import atomic_torch_save, build_model, make_state
+from detkit.engine.config import compose_run_config
+
+
+def _head_model():
+    torch.manual_seed(0)
+    return build_model(compose_run_config(["method=faster_rcnn", "backbone=alexnet", "backbone.width=0.25"]), 3).eval()
+
+
+@torch.no_grad()
+def test_region_head_and_predictor_within_tolerance():
+    model = _head_model()
+    pooled = torch.rand(50, model.backbone.region_head[2].in_features // 36, 6, 6)
+    before = model.roi_head.predictor(model.roi_head.box_head(pooled))
+    names = quantize_linear_layers(model)
+    assert names == ["backbone.region_head.2", "backbone.region_head.5", "roi_head.predictor.cls_score",
+                     "roi_head.predictor.bbox_pred"]
+    assert not any(type(m) is nn.Linear for m in model.modules())
+    after = model.roi_head.predictor(model.roi_head.box_head(pooled))
+    for a, b in zip(after, before):
+        scale = b.abs().max()
+        # 8-bit weights and activations: errors of a few 1/256 of the output range
+        assert (a - b).abs().max() <= 0.05 * scale
+        assert torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1] > 0.99
+
+
+@torch.no_grad()
+def test_after_svd_and_under_bf16_autocast():
+    model = _head_model()
+    pooled = torch.rand(20, model.backbone.region_head[2].in_features // 36, 6, 6)
+    compress_region_head(model, [64, 32])
+    before = model.roi_head.box_head(pooled)
+    names = quantize_linear_layers(model)
+    assert "backbone.region_head.2.0" in names and "backbone.region_head.2.1" in names  # SVD's two factors
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 inputs reach the int8 kernels as float32
+        after = model.roi_head.box_head(pooled.bfloat16())
+    assert after.dtype == torch.float32
+    assert (after - before).abs().max() <= 0.05 * before.abs().max()
+
+
+def test_refusals_are_named():
+    with pytest.raises(ValueError, match="Conv2d has no nn.Linear layer"):
+        quantize_linear_layers(nn.Conv2d(3, 3, 1))
+    if torch.cuda.is_available():  # pragma: no cover - CI has no GPU
+        with pytest.raises(ValueError, match="on the CPU"):
+            quantize_linear_layers(nn.Linear(2, 2).cuda())
+
+
+def test_load_with_int8_detects_nearly_the_same(tmp_path):
+    conf = compose_run_config(["method=faster_rcnn", "backbone=alexnet", "backbone.width=0.25", "backbone.norm=bn",
+                               "data.transforms.min_size=160", "data.transforms.max_size=256",
+                               "method.model.anchor_sizes=[32,64,128]", "method.model.box_score_thresh=0.0"])
+    torch.manual_seed(0)
+    model = build_model(conf, 3).eval()
+    with torch.no_grad():
+        model.roi_head.predictor.cls_score.weight.normal_(0, 0.05)
+    atomic_torch_save(make_state(model=model, iteration=0, config=conf, class_names=["a", "b", "c"]),
+                      tmp_path / "last.pt")
+    image = torch.randint(0, 256, (3, 200, 260), dtype=torch.uint8)
+    full = detkit.load(tmp_path / "last.pt", device="cpu")(image)
+    small = detkit.load(tmp_path / "last.pt", device="cpu", int8=True, fast=True)(image)
+    best = int(full.scores.argmax())
+    overlap = box_iou(torch.as_tensor(full.boxes[best:best + 1]), torch.as_tensor(small.boxes))[0]
+    same = torch.as_tensor(small.labels) == int(full.labels[best])
+    assert bool(((overlap > 0.9) & same).any())
+    if torch.cuda.is_available():  # pragma: no cover
+        with pytest.raises(ValueError, match="int8=True quantises for the CPU"):
+            detkit.load(tmp_path / "last.pt", device="cuda", int8=True)
