@@ -210,7 +210,7 @@ def load(checkpoint: str | os.PathLike, device: str | torch.device = "auto", ove
         compress_region_head(model, list(svd))
     if int8:
         if device.type != "cpu":
-            raise ValueError(f"detkit.load: int8=True quantises for the CPU; device is {device}")
+            raise ValueError(f"detkit.load: int8=True quantises for the CPU; device is {device} (use device='cpu')")
         from detkit.compression import quantize_linear_layers
 
         quantize_linear_layers(model)

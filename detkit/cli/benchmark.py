@@ -294,7 +294,7 @@ def run(args: argparse.Namespace) -> dict:
             raise BenchmarkError("--int8 is a test-time quantisation for the CPU: use it with --mode infer --device cpu")
         try:
             names = quantize_linear_layers(model)
-        except ValueError as e:
+        except (ValueError, RuntimeError) as e:
             raise BenchmarkError(f"--int8: {e}") from None
         notes.append(f"detkit's fc layers in int8 (dynamic quantisation): {', '.join(names)}")
     if args.compile is not None:

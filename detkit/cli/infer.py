@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> dict:
     try:
         predictor = load(args.checkpoint, args.device, args.override, svd=args.svd,
                          fast=args.fast, int8=args.int8)  # a bad checkpoint is named first
-    except ValueError as e:
+    except (ValueError, RuntimeError) as e:
         for flag, source in (("svd", "compress_region_head"), ("int8", "quantize_linear_layers"), ("int8", "int8=True")):
             if getattr(args, flag) and source in str(e):
                 raise InferError(f"--{flag}: {e}") from None

@@ -15,6 +15,7 @@ See docs/lineage.md.
 from __future__ import annotations
 
 import argparse
+import math
 import shlex
 import sys
 
@@ -40,7 +41,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--images", type=int, default=4, help="test images shown with every method's detections (default 4)")
     p.add_argument("--workers", type=int, default=2, help="selective search processes (default 2)")
     a = p.parse_args(argv)
-    if a.budget <= 0 or a.proposals < 1 or a.images < 1 or a.workers < 1:
+    if not math.isfinite(a.budget) or a.budget <= 0 or a.proposals < 1 or a.images < 1 or a.workers < 1:
         p.error("--budget, --proposals, --images and --workers must be positive")
     return a
 

@@ -30,6 +30,8 @@ def quantize_linear_layers(model: nn.Module) -> list[str]:
         RuntimeError: this torch has no ``torch.ao.quantization.quantize_dynamic``.
     """
     names = [name for name, m in model.named_modules() if type(m) is nn.Linear]
+    if not names and any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in model.modules()):
+        raise ValueError(f"quantize_linear_layers: {type(model).__name__}'s fc layers are already quantised")
     if not names:
         raise ValueError(f"quantize_linear_layers: {type(model).__name__} has no nn.Linear layer to quantise "
                          "(a fully convolutional head, as OverFeat's, has none)")

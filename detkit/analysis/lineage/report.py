@@ -83,7 +83,8 @@ def operating_thresholds(result, detections: Mapping[int, Mapping[str, np.ndarra
             continue
         scores = np.sort(scores)[::-1]  # the curve's order: descending score
         f1 = 2 * prec * rec / np.maximum(prec + rec, 1e-12)
-        out[c] = scores[int(np.nanargmax(f1))]
+        if np.nanmax(f1) > 0:  # no true positive at all: nothing is worth drawing
+            out[c] = scores[int(np.nanargmax(f1))]
     return out
 
 
@@ -93,8 +94,9 @@ def _tile(rgb: np.ndarray, boxes, labels, scores, names) -> np.ndarray:
     h, w = rgb.shape[:2]
     s = min(1.0, TILE / max(h, w))
     small = cv2.resize(rgb, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA) if s < 1 else rgb
+    # score_threshold=-inf: the caller chose the boxes; R-CNN's SVM margins may be negative
     return draw_detections(small, np.asarray(boxes, dtype=np.float64).reshape(-1, 4) * s, labels, scores, names,
-                           thickness=2, font_scale=0.4)
+                           score_threshold=-np.inf, thickness=2, font_scale=0.4)
 
 
 def _train_seconds(metrics: Mapping[str, Any]) -> float | None:
@@ -160,6 +162,10 @@ def _image_grid(doc: Mapping[str, Any], data: DetectionData, detections: dict[st
     return "<table class=grid>" + "\n".join(rows) + "</table>"
 
 
+def _hardware(machine: Mapping[str, Any], device: str) -> str:
+    return str((machine.get("gpu") if str(device).startswith("cuda") else None) or machine.get("cpu") or "")
+
+
 def _fig(path: Path, alt: str, caption: str) -> str:
     return (f"<div class=fig><img src='{_png_uri(path)}' alt='{html.escape(alt)}'>"
             f"<div class=small>{caption}</div></div>")
@@ -196,15 +202,17 @@ def write_report(doc: Mapping[str, Any], data: DetectionData, out: str | Path) -
     machine = doc.get("machine") or {}
     git = doc.get("git") or {}
     commands = "\n".join([doc.get("command") or ""] + [f"# {k}\n{v}" for k, v in (doc.get("train_commands") or {}).items() if v])
-    failed = doc.get("failed") or []
+    failed = doc.get("failed") or {}
     body = [
         f"<h1>The detector lineage on {html.escape(doc['data'])}</h1>",
         f"<p>{len(methods)} methods, the same data, backbone and evaluator; {doc['num_test_images']} test images. "
         "Each row keeps the previous method's parts but one.</p>",
-        ("<p><b>Not finished:</b> " + html.escape(", ".join(failed)) + " (see their run.log)</p>") if failed else "",
+        ("<p><b>Not shown:</b> " + "; ".join(f"{html.escape(m)}: {html.escape(str(r))}" for m, r in failed.items())
+         + "</p>") if failed else "",
         _methods_table(doc),
         "<p class=small>Test time: mean over the images below, one image per call, on "
-        f"{html.escape(str(machine.get('cpu') or machine.get('gpu') or ''))} ({html.escape(str(methods[0]['timing']['device']))}, "
+        f"{html.escape(str(_hardware(machine, methods[0]['timing']['device'])))} "
+        f"({html.escape(str(methods[0]['timing']['device']))}, "
         f"{machine.get('torch_threads', '?')} threads). Selective search time is the cache's per-image search "
         "time on one core over the whole test split; \"without\" leaves out the proposals phase "
         "(the search, or the RPN). Regions: boxes the region head ran on (OverFeat: its dense windows).</p>",

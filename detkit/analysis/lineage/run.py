@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shlex
 import sys
@@ -44,10 +45,21 @@ def _cached(path: Path, key: Any) -> Any | None:
     return doc.get("value") if doc.get("key") == key else None
 
 
+def _finite(obj: Any) -> Any:
+    """NaN (a recall or AP with no ground truth) -> ``None``, so the JSON stays standard."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 def _write(path: Path, obj: Any) -> None:
     from detkit.utils.atomic import atomic_write_text
 
-    atomic_write_text(path, json.dumps(obj, indent=1, allow_nan=False) + "\n")
+    atomic_write_text(path, json.dumps(_finite(obj), indent=1, allow_nan=False) + "\n")
 
 
 def parse_assignments(items: Sequence[str], what: str) -> dict[str, str]:
@@ -84,7 +96,7 @@ def test_checkpoint(checkpoint: Path, conf: dict[str, Any], run_dir: Path, *, pr
     test_set = DetectionDataset(test_data, eval_transforms((stored.get("data") or {}).get("transforms")),
                                 **split_proposals(conf, test_data, "test"))
     device = resolve_device(str(conf.get("device", "auto")))
-    facts: dict[str, Any] = {"checkpoint": str(checkpoint)}
+    facts: dict[str, Any] = {"checkpoint": str(checkpoint), "checkpoint_stamp": [str(checkpoint), *_stamp(Path(checkpoint))]}
     beside = Path(checkpoint).with_name("metrics.json")
     if beside.is_file():  # its own training run's facts (time, iterations), when it has them
         try:
@@ -108,6 +120,52 @@ def pick_images(data, count: int) -> list[int]:
     return [with_gt[i].image_id for i in idx]
 
 
+def _check_plan(out: Path, plan: dict[str, Any]) -> None:
+    """Refuse to continue a lineage folder made with other shared settings (budgets compared for the
+    methods both runs have): its finished methods would not be trained again, and the page would
+    mix two set-ups. Written on the first call."""
+    path = out / "lineage_plan.json"
+    if not path.is_file():
+        _write(path, plan)
+        return
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"lineage: {path} is unreadable ({e}); delete it or use another --out") from None
+    diffs = [k for k in ("overrides", "proposals") if old.get(k) != plan[k]]
+    budgets = [m for m, b in plan["budgets"].items() if m in (old.get("budgets") or {}) and old["budgets"][m] != b]
+    diffs += [f"budget of {', '.join(budgets)}"] if budgets else []
+    if diffs:
+        raise ValueError(f"lineage: {out} was made with other settings ({', '.join(diffs)} differ: {path}); "
+                         "use another --out, or delete the folder to start over")
+    _write(path, {**plan, "budgets": {**old.get("budgets", {}), **plan["budgets"]}})
+
+
+def _search_spec(conf: dict[str, Any]) -> dict[str, Any]:
+    from detkit.proposals.source import check_proposals_spec
+
+    return check_proposals_spec(conf["data"].get("proposals"))
+
+
+def _given_boxes(spec: dict[str, Any], data, *, cap: bool = True) -> tuple[dict, dict | None]:
+    """Test-split boxes as training read them, and the search seconds of each image (a proposals
+    file has none)."""
+    from detkit.proposals.cache import load_proposals
+    from detkit.proposals.source import load_configured_proposals, search_options
+
+    if spec.get("file") is not None:
+        return load_configured_proposals(spec if cap else {**spec, "max_proposals": None}, data, split="test"), None
+    return load_proposals(spec["cache_dir"], data, max_proposals=spec.get("max_proposals") if cap else None,
+                          with_seconds=True, **search_options(spec))
+
+
+def _machine_key(device) -> dict[str, Any]:
+    from detkit.utils.provenance import machine_info
+
+    info = machine_info(device)
+    return {k: info.get(k) for k in ("cpu", "gpu", "torch_threads", "torch")}
+
+
 def run_lineage(overrides: Sequence[str], *, out: str | os.PathLike, methods: Sequence[str] = METHODS,
                 budget_s: float = 240.0, budgets: Mapping[str, float] | None = None, proposals: int | None = 300,
                 checkpoints: Mapping[str, str | os.PathLike] | None = None, num_images: int = 4,
@@ -126,31 +184,49 @@ def run_lineage(overrides: Sequence[str], *, out: str | os.PathLike, methods: Se
         workers: selective search processes.
         command: the command line to print on the page (default: this process's).
 
-    Returns the page's path.
+    Returns the page's path. A method whose training, testing or timing fails is reported on the
+    page (and in ``lineage.json``'s ``failed``) and the others are shown.
     """
-    from detkit.analysis.lineage.measure import proposal_recall_curves, time_phases
-    from detkit.analysis.lineage.report import write_report
     from detkit.analysis.suite.experiments import Run, precompute_proposals, run_groups
+    from detkit.engine.checkpoint import load_checkpoint
 
     out = Path(out)
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
         raise ValueError(f"lineage: methods must be among {', '.join(METHODS)}, got {list(methods)}")
     methods = [m for m in METHODS if m in set(methods)]  # lineage order
+    extra = sorted(set(budgets or {}) - set(methods))
+    if extra:
+        raise ValueError(f"lineage: a budget is given for {', '.join(extra)}, not among the methods run")
     budgets = {m: float((budgets or {}).get(m, budget_s)) for m in methods}
+    if not all(math.isfinite(b) and b > 0 for b in budgets.values()):
+        raise ValueError(f"lineage: budgets must be positive numbers of seconds, got {budgets}")
     checkpoints = {m: Path(p) for m, p in (checkpoints or {}).items()}
     for m, p in checkpoints.items():
         if m not in methods:
             raise ValueError(f"lineage: a checkpoint is given for {m}, which is not among the methods run")
         if not p.is_file():
             raise FileNotFoundError(f"lineage: the checkpoint given for {m} does not exist: {p}")
+        given = (load_checkpoint(p).get("config") or {}).get("method", {}).get("name")
+        if given != m:
+            raise ValueError(f"lineage: {p} is a {given!r} checkpoint, given for {m!r}")
     step_overrides = {m: train_overrides(m, overrides, budget_s=budgets[m], proposals=proposals) for m in methods}
     confs = {m: compose_run_config(step_overrides[m]) for m in methods}
+    if not all((c.get("test") or {}).get("enabled", True) for c in confs.values()):
+        raise ValueError("lineage: test.enabled=false leaves nothing to compare; the lineage tests every method")
+    for m in methods:
+        if m in checkpoints and (out / m / "last.pt").is_file():
+            raise ValueError(f"lineage: {m} was trained in {out / m}; its test files stay as they are: "
+                             "use another --out for the given checkpoint")
+        if m not in checkpoints and (out / m / "metrics.json").is_file() and not (out / m / "last.pt").is_file():
+            raise ValueError(f"lineage: {out / m} holds a tested --checkpoint, not a training run; give the "
+                             "checkpoint again, or use another --out to train the method")
+    out.mkdir(parents=True, exist_ok=True)
+    _check_plan(out, {"overrides": list(overrides), "proposals": proposals, "budgets": budgets})
     runs = [Run(name=m, kind="train", group="lineage", args=step_overrides[m], budget_s=budgets[m])
             for m in methods if m not in checkpoints]
     suite = {"path": f"lineage {out}", "common": {"train": COMMON_TRAIN, "benchmark": []},
              "groups": {"lineage": runs}}
-    out.mkdir(parents=True, exist_ok=True)
 
     # 1-2: proposals, then every method trained or tested
     search_methods = [m for m in methods if step(m).search]
@@ -163,76 +239,90 @@ def run_lineage(overrides: Sequence[str], *, out: str | os.PathLike, methods: Se
     if runs:
         results = run_groups(suite, ["lineage"], work=out, results=out / "runs", python=python,
                              cwd=os.getcwd(), echo=echo)["lineage"]
+    failed = {e["name"]: f"training {e['status']} (see {out / e['name'] / 'run.log'})"
+              for e in results.get("runs", []) if e["status"] not in ("ok", "done")}
     for m, ckpt in checkpoints.items():
-        if not (out / m / "metrics.json").is_file():
-            echo(f"{m}: testing the given checkpoint {ckpt}")
-            test_checkpoint(ckpt, confs[m], out / m)
-    failed = [e["name"] for e in (results or {}).get("runs", []) if e["status"] not in ("ok", "done")]
-    ready = [m for m in methods if (out / m / "metrics.json").is_file() and (out / m / "last.pt").is_file()
-             or m in checkpoints and (out / m / "metrics.json").is_file()]
+        try:
+            metrics = json.loads((out / m / "metrics.json").read_text()) if (out / m / "metrics.json").is_file() else {}
+            if metrics.get("checkpoint_stamp") != [str(ckpt), *_stamp(ckpt)]:
+                echo(f"{m}: testing the given checkpoint {ckpt}")
+                test_checkpoint(ckpt, confs[m], out / m)
+        except (ValueError, OSError, RuntimeError) as e:
+            failed[m] = f"testing {ckpt} failed: {e}"
+    ready = [m for m in methods if m not in failed and (out / m / "metrics.json").is_file()]
     if not ready:
-        raise RuntimeError(f"lineage: no method finished (failed: {', '.join(failed)}); see {out}/<method>/run.log")
+        raise RuntimeError(f"lineage: no method finished ({'; '.join(f'{m}: {r}' for m, r in failed.items())})")
+    for m, reason in failed.items():
+        echo(f"{m}: left out of the page: {reason}")
+    ckpt_of = {m: Path(checkpoints.get(m, out / m / "last.pt")) for m in ready}
+    return _measure_and_report(out, ready, ckpt_of=ckpt_of, confs=confs, step_overrides=step_overrides,
+                               budgets=budgets, given=set(checkpoints), failed=failed, num_images=num_images,
+                               doc={"overrides": list(overrides),
+                                    "command": command or shlex.join(["detkit", "lineage", *sys.argv[1:]]),
+                                    "train_commands": {e["name"]: e.get("command") for e in results.get("runs", [])}},
+                               echo=echo)
 
-    # 3: timing on the shown images, proposal recall
-    from detkit.engine.distributed import resolve_device
-    from detkit.engine.evaluator import resolve_amp
+
+def _measure_and_report(out: Path, ready: list[str], *, ckpt_of: dict[str, Path], confs: dict, step_overrides: dict,
+                        budgets: dict, given: set[str], failed: dict[str, str], num_images: int, doc: dict,
+                        echo: Callable[[str], None]) -> Path:
+    """Steps 3 and 4 of the module docstring for the methods in ``ready``."""
+    from detkit.analysis.lineage.measure import proposal_recall_curves, time_phases
+    from detkit.analysis.lineage.report import write_report
     from detkit.data.transforms import eval_transforms
     from detkit.engine.checkpoint import load_checkpoint, model_from_checkpoint
+    from detkit.engine.distributed import resolve_device
+    from detkit.engine.evaluator import resolve_amp
     from detkit.engine.setup import load_split
-    from detkit.proposals.cache import load_proposals
-    from detkit.proposals.source import check_proposals_spec, search_options
+    from detkit.utils.provenance import run_facts
 
-    ckpt_of = {m: checkpoints.get(m, out / m / "last.pt") for m in ready}
     class_names = load_checkpoint(ckpt_of[ready[0]])["class_names"]
     test_data = load_split(confs[ready[0]]["data"], "test", class_names)
     shown = pick_images(test_data, num_images)
     device = resolve_device(str(confs[ready[0]].get("device", "auto")))
-    entries = []
-    search_boxes = None
+    entries, search_spec = [], None
     for m in ready:
-        conf = confs[m]
-        props = seconds = None
-        if step(m).search:
-            spec = check_proposals_spec(conf["data"].get("proposals"))
-            props, seconds = load_proposals(spec["cache_dir"], test_data, max_proposals=spec.get("max_proposals"),
-                                            with_seconds=True, **search_options(spec))
-            if search_boxes is None:
-                search_boxes = load_proposals(spec["cache_dir"], test_data, **search_options(spec))
-        key = {"checkpoint": _stamp(Path(ckpt_of[m])), "images": shown, "device": str(device)}
-        timing = _cached(out / m / "timing.json", key)
-        if timing is None:
-            echo(f"{m}: timing the test pass on {len(shown)} images")
-            model, ckpt = model_from_checkpoint(ckpt_of[m])
-            stored = ckpt["config"]
-            timing = time_phases(model.to(device), eval_transforms((stored.get("data") or {}).get("transforms")),
-                                 test_data, shown, device=device, amp=resolve_amp(str(stored.get("amp", "none")), device),
-                                 proposals=props, search_seconds=seconds)
-            _write(out / m / "timing.json", {"key": key, "value": timing})
-        metrics = json.loads((out / m / "metrics.json").read_text())
+        spec = _search_spec(confs[m]) if step(m).search else None
+        search_spec = search_spec or spec
+        key = {"checkpoint": _stamp(ckpt_of[m]), "images": shown, "device": str(device), "proposals": spec,
+               "machine": _machine_key(device)}
+        try:
+            timing = _cached(out / m / "timing.json", key)
+            if timing is None:
+                echo(f"{m}: timing the test pass on {len(shown)} images")
+                props, seconds = _given_boxes(spec, test_data) if spec else (None, None)
+                model, ckpt = model_from_checkpoint(ckpt_of[m])
+                stored = ckpt["config"]
+                timing = time_phases(model.to(device), eval_transforms((stored.get("data") or {}).get("transforms")),
+                                     test_data, shown, device=device,
+                                     amp=resolve_amp(str(stored.get("amp", "none")), device),
+                                     proposals=props, search_seconds=seconds)
+                _write(out / m / "timing.json", {"key": key, "value": timing})
+            metrics = json.loads((out / m / "metrics.json").read_text())
+        except (ValueError, OSError, RuntimeError) as e:
+            failed[m] = f"timing failed: {e}"
+            echo(f"{m}: left out of the page: {failed[m]}")
+            continue
         s = step(m)
         entries.append({"method": m, "title": s.title, "paper": s.paper, "idea": s.idea,
-                        "checkpoint": str(ckpt_of[m]), "given": m in checkpoints, "budget_s": budgets[m],
+                        "checkpoint": str(ckpt_of[m]), "given": m in given, "budget_s": budgets[m],
                         "overrides": step_overrides[m], "metrics": metrics, "timing": timing})
+    if not entries:
+        raise RuntimeError(f"lineage: no method could be measured ({'; '.join(f'{m}: {r}' for m, r in failed.items())})")
+    rpn = ckpt_of.get("faster_rcnn") if any(e["method"] == "faster_rcnn" for e in entries) else None
+    search_spec = search_spec if search_spec and search_spec.get("file") is None else None
     recall = None
-    if "faster_rcnn" in ready or search_boxes is not None:
-        key = {"rpn": _stamp(Path(ckpt_of["faster_rcnn"])) if "faster_rcnn" in ready else None,
-               "search": search_options(check_proposals_spec(confs[search_methods[0]]["data"].get("proposals")))
-               if search_boxes is not None else None}
+    if rpn is not None or search_spec is not None:
+        key = {"rpn": _stamp(rpn) if rpn else None, "search": search_spec and {**search_spec, "max_proposals": None}}
         recall = _cached(out / "proposal_recall.json", key)
         if recall is None:
             echo("proposal recall: selective search and the RPN against the number of proposals")
-            recall = proposal_recall_curves(test_data, search=search_boxes, device=str(device),
-                                            rpn_checkpoint=ckpt_of.get("faster_rcnn"))
+            search = _given_boxes(search_spec, test_data, cap=False)[0] if search_spec else None
+            recall = proposal_recall_curves(test_data, search=search, device=str(device), rpn_checkpoint=rpn)
             _write(out / "proposal_recall.json", {"key": key, "value": recall})
-
-    # 4: the page
-    from detkit.utils.provenance import run_facts
-
     doc = {"schema": SCHEMA, "data": test_data.name, "classes": list(test_data.class_names),
-           "num_test_images": len(test_data), "shown_images": shown, "overrides": list(overrides),
-           "command": command or shlex.join(["detkit", "lineage", *sys.argv[1:]]),
-           "train_commands": {e["name"]: e.get("command") for e in (results or {}).get("runs", [])},
-           "failed": failed, "methods": entries, "proposal_recall": recall, **run_facts(device)}
+           "num_test_images": len(test_data), "shown_images": shown, **doc, "failed": failed,
+           "methods": entries, "proposal_recall": recall, **run_facts(device)}
     _write(out / "lineage.json", doc)
     page = write_report(doc, test_data, out)
     echo(f"report: {page}")

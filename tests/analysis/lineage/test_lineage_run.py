@@ -92,6 +92,19 @@ def test_given_checkpoint_is_tested_not_trained(lineage):
     assert [m["method"] for m in doc["methods"]] == ["faster_rcnn"] and doc["methods"][0]["given"]
 
 
+def test_changed_settings_and_trained_methods_are_not_mixed(lineage):
+    tmp, _, _ = lineage
+    with pytest.raises(ValueError, match=r"made with other settings \(overrides differ"):
+        run_lineage([*tiny(tmp), "seed=1"], out=tmp / "out", budget_s=60, proposals=12, num_images=2)
+    with pytest.raises(ValueError, match="budget of rcnn, sppnet, overfeat, fast_rcnn, faster_rcnn differ"):
+        run_lineage(tiny(tmp), out=tmp / "out", budget_s=61, proposals=12, num_images=2)
+    with pytest.raises(ValueError, match="faster_rcnn was trained in"):
+        run_lineage(tiny(tmp), out=tmp / "out", budget_s=60, proposals=12, num_images=2,
+                    checkpoints={"faster_rcnn": tmp / "out" / "faster_rcnn" / "last.pt"})
+    with pytest.raises(ValueError, match="is a 'faster_rcnn' checkpoint, given for 'rcnn'"):
+        run_lineage(tiny(tmp), out=tmp / "elsewhere", checkpoints={"rcnn": tmp / "out" / "faster_rcnn" / "last.pt"})
+
+
 def test_bad_arguments_are_named(tmp_path):
     with pytest.raises(ValueError, match="methods must be among"):
         run_lineage([], out=tmp_path, methods=["yolo"])
@@ -99,6 +112,12 @@ def test_bad_arguments_are_named(tmp_path):
         run_lineage([], out=tmp_path, checkpoints={"rcnn": tmp_path / "missing.pt"})
     with pytest.raises(ValueError, match="not among the methods run"):
         run_lineage([], out=tmp_path, methods=["rcnn"], checkpoints={"overfeat": __file__})
+    with pytest.raises(ValueError, match="budget is given for overfeat"):
+        run_lineage([], out=tmp_path, methods=["rcnn"], budgets={"overfeat": 10})
+    with pytest.raises(ValueError, match="budgets must be positive"):
+        run_lineage([], out=tmp_path, budget_s=float("nan"))
+    with pytest.raises(ValueError, match="scoped to 'yolo'"):
+        run_lineage(["yolo:method.model.x=1"], out=tmp_path)
     with pytest.raises(ValueError, match="METHOD=VALUE"):
         parse_assignments(["rcnn"], "--checkpoint")
     with pytest.raises(ValueError, match="unknown method"):
@@ -163,3 +182,19 @@ def test_page_opens_in_chromium_with_every_picture(lineage, tmp_path):
     broken.write_text("<html><body><img src='data:image/png;base64,AAAA'><img src='missing.png'>"
                       f"{_SELF_CHECK}</body></html>")
     assert _loaded(_browser(exe, "--dump-dom", broken.resolve().as_uri())) == (2, 2)
+
+
+def test_operating_point_is_the_best_f1_score():
+    from detkit.analysis.lineage.report import operating_thresholds
+    from detkit.data.record import DetectionData, Record
+    from detkit.evaluation.voc import evaluate_voc
+
+    gt = np.array([[0, 0, 10, 10], [20, 20, 30, 30]], np.float32)
+    data = DetectionData(records=[Record(image_id=1, file_name="a.jpg", width=40, height=40, boxes=gt,
+                                         labels=np.array([0, 1]))], class_names=["a", "b"])
+    dets = {1: {"boxes": np.array([[0, 0, 10, 10], [30, 0, 40, 9], [0, 30, 9, 40], [31, 31, 39, 39]], np.float32),
+                "scores": np.array([-0.5, 0.9, -0.8, 0.7], np.float32), "labels": np.array([0, 0, 0, 1])}}
+    thresholds = operating_thresholds(evaluate_voc(dets, data), dets)
+    # class a: a false positive at 0.9, the true one at -0.5 (an SVM margin), another false one below
+    assert thresholds[0] == np.float32(-0.5)
+    assert thresholds[1] == np.inf  # class b has no true positive: nothing is drawn

@@ -22,6 +22,7 @@ def test_same_proposals_for_every_method_that_takes_them():
     for s in STEPS:
         args = train_overrides(s.method, [], budget_s=10, proposals=123)
         assert ("data.proposals.max_proposals=123" in args) == s.search
+        assert ("data.proposals.base_k=150" in args) == s.search
 
 
 def test_user_overrides_win_and_method_scoped_ones_reach_one_method():
