@@ -182,7 +182,8 @@ def load(checkpoint: str | os.PathLike, device: str | torch.device = "auto", ove
         batch_size: images per forward pass when given a list.
         fast: every test-time option detkit recommends for this device: bf16 autocast where it
             is native (AVX512-BF16 / AMX CPUs, bf16 GPUs; ``amp`` is then ignored), batch norm
-            folded into the convolutions and ``channels_last`` (docs/performance.md, "--fast").
+            folded into the convolutions, ``channels_last``, and on the CPU int8 fc layers
+            (``int8``) (docs/performance.md, "--fast").
         svd: ranks for a truncated SVD of the region head's fc layers (fc6, fc7), e.g. ``(1024, 256)``
             for VGG-16 as in the Fast R-CNN paper: faster at test time for a small loss of
             accuracy (``detkit.compression``; docs/performance.md measures it).
@@ -208,11 +209,12 @@ def load(checkpoint: str | os.PathLike, device: str | torch.device = "auto", ove
         from detkit.compression import compress_region_head
 
         compress_region_head(model, list(svd))
-    if int8:
-        if device.type != "cpu":
-            raise ValueError(f"detkit.load: int8=True quantises for the CPU; device is {device} (use device='cpu')")
-        from detkit.compression import quantize_linear_layers
+    if int8 and device.type != "cpu":
+        raise ValueError(f"detkit.load: int8=True quantises for the CPU; device is {device} (use device='cpu')")
+    if int8 or fast and device.type == "cpu":
+        from detkit.compression import has_linear_layers, quantize_linear_layers
 
-        quantize_linear_layers(model)
+        if int8 or has_linear_layers(model):  # after the SVD: its factors are quantised too
+            quantize_linear_layers(model)
     return Predictor(model, ckpt["config"], ckpt["class_names"], category_ids=ckpt.get("category_ids"),
                      device=device, amp=amp, batch_size=batch_size)

@@ -151,5 +151,6 @@ def test_load_fast_turns_on_the_recommended_options(tmp_path, voc):
     image = np.asarray(Image.open(voc[0].records[0].file_name).convert("RGB"))
     a, b = plain(image), fast(image)
     assert len(a) > 0 and len(b) > 0
-    if fast.amp == "none":  # channels_last alone changes no number that matters
-        np.testing.assert_allclose(a.scores[:5], b.scores[:5], atol=1e-4)
+    assert not any(type(m) is torch.nn.Linear for m in fast.model.modules())  # int8 fc layers on the CPU
+    if fast.amp == "none":  # channels_last and folding change nothing that matters; int8 fc layers a little
+        np.testing.assert_allclose(a.scores[:5], b.scores[:5], atol=0.02)

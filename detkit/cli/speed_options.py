@@ -10,10 +10,11 @@ def add_speed_options(p: argparse.ArgumentParser, *, benchmark: bool = False) ->
     who = "detkit only; torchvision's twin is timed as built. " if benchmark else ""
     p.add_argument("--fast", action="store_true",
                    help=f"{who}bf16 autocast where the CPU/GPU computes it natively (AVX512-BF16 / AMX), "
-                        "channels_last, and batch norm folded into the convolutions"
-                        + (" (--mode infer)" if benchmark else " (detkit.load(fast=True))"))
+                        "channels_last, batch norm folded into the convolutions and, on the CPU, int8 fc layers"
+                        + (" (the last two with --mode infer)" if benchmark else " (detkit.load(fast=True))"))
     p.add_argument("--svd", type=int, nargs="+", default=None, metavar="RANK",
                    help=f"{who}truncated SVD of the region head's fc layers (fc6 fc7), e.g. --svd 1024 256 "
                         "(Fast R-CNN paper, VGG-16): faster, slightly less accurate")
     p.add_argument("--int8", action="store_true",
-                   help=f"{who}int8 dynamic quantisation of the fc layers (region head, box predictor); CPU only")
+                   help=f"{who}int8 dynamic quantisation of the fc layers (region head, box predictor); CPU only; "
+                        "part of --fast on the CPU")

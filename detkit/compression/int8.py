@@ -19,6 +19,11 @@ import torch
 from torch import nn
 
 
+def has_linear_layers(model: nn.Module) -> bool:
+    """Whether ``model`` has an ``nn.Linear`` (float) layer to quantise."""
+    return any(type(m) is nn.Linear for m in model.modules())
+
+
 def quantize_linear_layers(model: nn.Module) -> list[str]:
     """Quantise every ``nn.Linear`` of ``model`` in place (module docstring); eval mode, CPU only.
 

@@ -26,7 +26,7 @@ import numpy as np
 from detkit.analysis.lineage import figures
 from detkit.data.record import DetectionData
 
-TILE = 360  # longer side of an image tile, pixels
+TILE = 240  # longer side of an image tile, pixels: six columns fit a laptop screen
 
 # The page reports on itself whether every picture decoded (read by the browser test).
 _SELF_CHECK = """<script>

@@ -77,7 +77,7 @@ _CPU_EXTRA: dict[str, list[str]] = {
 
 # With a few hundred boxes per image, OpenCV's default search density (k = 150, 300, 450) ranks
 # objects earlier than R-CNN's finer k = 35 (which makes ~2000 boxes): recall@0.5 of the first 300
-# on raccoon's test split 0.95 against 0.63 (configs/experiments/cpu.yaml, docs/results.md).
+# on raccoon's test split 1.0 against 0.63 (docs/lineage.md).
 _CPU_SEARCH = ["data.proposals.base_k=150", "data.proposals.inc_k=150"]
 
 
