@@ -5,12 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
-from torchvision.ops import box_iou
-
 import detkit
 from detkit.compression import compress_region_head, truncated_svd
-from detkit.engine.checkpoint import atomic_torch_save, build_model, make_state
+from detkit.engine.checkpoint import build_model
 from detkit.engine.config import compose_run_config
+from tests.compression._checkpoint import keeps_best_detection, small_checkpoint
 
 
 def test_a_low_rank_layer_is_reproduced_exactly():
@@ -62,23 +61,11 @@ def test_the_roi_head_runs_the_factorised_layers():
 
 def test_load_with_svd_detects_nearly_the_same(tmp_path):
     """A high rank keeps the detections; the predictor path (detkit.load(svd=...)) applies it."""
-    conf = compose_run_config(["method=faster_rcnn", "backbone=alexnet", "backbone.width=0.25", "backbone.norm=bn",
-                               "data.transforms.min_size=160", "data.transforms.max_size=256",
-                               "method.model.anchor_sizes=[32,64,128]", "method.model.box_score_thresh=0.0"])
-    torch.manual_seed(0)
-    model = build_model(conf, 3).eval()
-    with torch.no_grad():
-        model.roi_head.predictor.cls_score.weight.normal_(0, 0.05)
-    atomic_torch_save(make_state(model=model, iteration=0, config=conf, class_names=["a", "b", "c"]),
-                      tmp_path / "last.pt")
+    path, model = small_checkpoint(tmp_path)
     image = torch.randint(0, 256, (3, 200, 260), dtype=torch.uint8)
-    full = detkit.load(tmp_path / "last.pt", device="cpu")(image)
+    full = detkit.load(path, device="cpu")(image)
     fc6_rank = min(model.backbone.region_head[2].weight.shape) // 2
-    svd = detkit.load(tmp_path / "last.pt", device="cpu", svd=[fc6_rank])
+    svd = detkit.load(path, device="cpu", svd=[fc6_rank])
     assert isinstance(svd.model.backbone.region_head[2], nn.Sequential)
-    small = svd(image)
     # the best detection is still there: same label, overlapping box
-    best = int(full.scores.argmax())
-    overlap = box_iou(torch.as_tensor(full.boxes[best:best + 1]), torch.as_tensor(small.boxes))[0]
-    same = torch.as_tensor(small.labels) == int(full.labels[best])
-    assert bool(((overlap > 0.9) & same).any())
+    assert keeps_best_detection(full, svd(image))
