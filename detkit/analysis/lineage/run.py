@@ -74,7 +74,7 @@ def parse_assignments(items: Sequence[str], what: str) -> dict[str, str]:
     return out
 
 
-def test_checkpoint(checkpoint: Path, conf: dict[str, Any], run_dir: Path, *, progress: bool = False) -> None:
+def evaluate_checkpoint(checkpoint: Path, conf: dict[str, Any], run_dir: Path, *, progress: bool = False) -> None:
     """Test a given checkpoint on the lineage's test split: ``run_dir/metrics.json`` and
     ``detections.json``, as a finished training run of the lineage would have them."""
     from detkit.data.dataset import DetectionDataset
@@ -246,7 +246,7 @@ def run_lineage(overrides: Sequence[str], *, out: str | os.PathLike, methods: Se
             metrics = json.loads((out / m / "metrics.json").read_text()) if (out / m / "metrics.json").is_file() else {}
             if metrics.get("checkpoint_stamp") != [str(ckpt), *_stamp(ckpt)]:
                 echo(f"{m}: testing the given checkpoint {ckpt}")
-                test_checkpoint(ckpt, confs[m], out / m)
+                evaluate_checkpoint(ckpt, confs[m], out / m)
         except (ValueError, OSError, RuntimeError) as e:
             failed[m] = f"testing {ckpt} failed: {e}"
     ready = [m for m in methods if m not in failed and (out / m / "metrics.json").is_file()]

@@ -92,6 +92,19 @@ def test_given_checkpoint_is_tested_not_trained(lineage):
     assert [m["method"] for m in doc["methods"]] == ["faster_rcnn"] and doc["methods"][0]["given"]
 
 
+def test_a_failing_method_is_named_and_the_rest_shown(lineage):
+    tmp, _, _ = lineage
+    out = tmp / "one_fails"
+    page = run_lineage([*tiny(tmp), "rcnn:+method.model.no_such_argument=1"], out=out, methods=["rcnn", "faster_rcnn"],
+                       checkpoints={"faster_rcnn": tmp / "out" / "faster_rcnn" / "last.pt"}, proposals=12,
+                       num_images=2, workers=1, echo=lambda _: None)
+    doc = json.loads((out / "lineage.json").read_text())
+    assert [m["method"] for m in doc["methods"]] == ["faster_rcnn"]
+    assert doc["failed"]["rcnn"].startswith("training failed") and "run.log" in doc["failed"]["rcnn"]
+    assert "no_such_argument" in (out / "rcnn" / "run.log").read_text()
+    assert "Not shown:</b> rcnn: training failed" in page.read_text()
+
+
 def test_changed_settings_and_trained_methods_are_not_mixed(lineage):
     tmp, _, _ = lineage
     with pytest.raises(ValueError, match=r"made with other settings \(overrides differ"):
