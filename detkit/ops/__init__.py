@@ -1,1 +1,1 @@
-"""Box-level building blocks shared by the detectors: ``box_coder``, ``matcher``, ``sampler``."""
+"""Box-level building blocks shared by the detectors: ``box_coder``, ``matcher``, ``sampler``, ``nms``."""

@@ -22,18 +22,18 @@ boundary ignored (checked against each image's true size, not the padded one). L
   locations is within a constant of it).
 
 Proposals: decode, clip to the image, drop tiny boxes, top ``pre_nms_top_n`` by objectness,
-NMS 0.7 per image, keep ``post_nms_top_n`` (2000 train, 300 test). Proposals carry no gradient
-(approximate joint training).
+NMS 0.7 per image, keep ``post_nms_top_n`` (2000 train, 300 test; :func:`detkit.ops.nms.nms_top_n`
+stops NMS once that many survive). Proposals carry no gradient (approximate joint training).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import batched_nms
 
 from detkit.ops.box_coder import BoxCoder, clip_boxes
 from detkit.ops.matcher import Matcher, batched_box_iou
+from detkit.ops.nms import nms_top_n
 from detkit.ops.sampler import sample_balanced
 from detkit.proposals.anchors import AnchorGenerator
 
@@ -196,36 +196,12 @@ class RegionProposalNetwork(nn.Module):
         """Select proposals: -> boxes ``(N, P, 4)`` sorted by objectness and ``valid`` ``(N, P)``."""
         n, t = logits.shape
         k = min(self.pre_nms_top_n[self.training], t)
-        scores, idx = logits.float().topk(k, dim=1)  # (N, k)
+        idx = logits.float().topk(k, dim=1).indices  # (N, k), best first
         boxes = self.box_coder.decode(deltas.gather(1, idx[..., None].expand(-1, -1, 4)), anchors[idx])
         boxes = clip_boxes(boxes, image_hw)
         keep = ((boxes[..., 2] - boxes[..., 0]) >= self.min_size) & ((boxes[..., 3] - boxes[..., 1]) >= self.min_size)
-        image_idx = torch.arange(n, device=logits.device)[:, None].expand(n, k)
-        flat_boxes, flat_scores, flat_img = boxes[keep], scores[keep], image_idx[keep]
-        kept = batched_nms(flat_boxes, flat_scores, flat_img, self.nms_thresh)  # by descending score
-        return top_per_image(flat_boxes[kept], flat_img[kept], n, self.post_nms_top_n[self.training])
-
-
-def top_per_image(boxes: Tensor, image_idx: Tensor, num_images: int, top_n: int) -> tuple[Tensor, Tensor]:
-    """Scatter score-sorted ``(M, 4)`` boxes of many images into ``(N, top_n, 4)`` slots.
-
-    ``image_idx`` ``(M,)`` says whose each box is; the first ``top_n`` of each image (in the given
-    order) are kept. Returns the padded boxes and ``valid`` ``(N, top_n)``. No host sync.
-    """
-    order = torch.sort(image_idx, stable=True).indices  # group by image, keep score order
-    img = image_idx[order]
-    counts = torch.bincount(img, minlength=num_images)
-    starts = torch.cumsum(counts, 0) - counts
-    rank = torch.arange(img.numel(), device=img.device) - starts[img]
-    take = rank < top_n
-    # Slots past top_n are written to a dump row that is cut off, avoiding a boolean index (sync).
-    row = torch.where(take, img, torch.full_like(img, num_images))
-    col = torch.where(take, rank, torch.zeros_like(rank))
-    out = boxes.new_zeros((num_images + 1, top_n, 4))
-    valid = torch.zeros((num_images + 1, top_n), dtype=torch.bool, device=boxes.device)
-    out[row, col] = boxes[order]
-    valid[row, col] = True
-    return out[:num_images], valid[:num_images]
+        return nms_top_n(boxes, keep, iou_threshold=self.nms_thresh,
+                         top_n=self.post_nms_top_n[self.training])
 
 
 def _at_least_one_slot(gt_boxes: Tensor, gt_valid: Tensor | None) -> tuple[Tensor, Tensor | None]:

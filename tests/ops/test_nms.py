@@ -1,0 +1,100 @@
+"""``nms_top_n``: NMS on a growing prefix gives what NMS over every box gives, and stops early."""
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from torchvision.ops import batched_nms
+
+import detkit.ops.nms as nms_module
+from detkit.ops.nms import nms_top_n, top_per_image
+
+
+def _scene(seed: int, n: int, k: int, extent: float = 200.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``n`` images of ``k`` random boxes with distinct scores sorted per row, and a random mask."""
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.rand(n, k, 2, generator=g) * extent
+    wh = 4 + torch.rand(n, k, 2, generator=g) * extent / 3
+    boxes = torch.cat([xy, xy + wh], dim=2)
+    scores = torch.randperm(n * k, generator=g).view(n, k).float().sort(dim=1, descending=True).values
+    valid = torch.rand(n, k, generator=g) > 0.1
+    return boxes, scores, valid
+
+
+def _full_nms(boxes, scores, valid, iou, top_n):
+    n, k = scores.shape
+    img = torch.arange(n)[:, None].expand(n, k)
+    b, s, i = boxes[valid], scores[valid], img[valid]
+    kept = batched_nms(b, s, i, iou)
+    return top_per_image(b[kept], i[kept], n, top_n)
+
+
+@given(seed=st.integers(0, 10_000), n=st.integers(1, 3), k=st.integers(1, 300),
+       top_n=st.integers(1, 80), iou=st.sampled_from([0.3, 0.5, 0.7, 0.9]))
+def test_same_survivors_as_nms_over_every_box(seed, n, k, top_n, iou):
+    boxes, scores, valid = _scene(seed, n, k)
+    got_boxes, got_valid = nms_top_n(boxes, valid, iou_threshold=iou, top_n=top_n)
+    want_boxes, want_valid = _full_nms(boxes, scores, valid, iou, top_n)
+    assert torch.equal(got_valid, want_valid)
+    assert torch.equal(got_boxes, want_boxes)
+
+
+def test_stops_once_every_image_has_top_n(monkeypatch):
+    # Spread-out boxes: most survive, so 2 * top_n boxes are enough and the rest are never visited.
+    boxes, scores, valid = _scene(0, 2, 2000, extent=2000.0)
+    sizes = []
+    real = nms_module.batched_nms
+    monkeypatch.setattr(nms_module, "batched_nms", lambda b, *a: sizes.append(len(b)) or real(b, *a))
+    got_boxes, got_valid = nms_top_n(boxes, valid, iou_threshold=0.7, top_n=50)
+    assert sizes == [int(valid[:, :100].sum())]
+    want_boxes, want_valid = _full_nms(boxes, scores, valid, 0.7, 50)
+    assert torch.equal(got_boxes, want_boxes) and bool(got_valid.all())
+
+
+def test_grows_the_prefix_while_an_image_lacks_survivors(monkeypatch):
+    # Image 0: 400 copies of one box then distinct ones far apart -> needs a longer prefix.
+    n, k, top_n = 2, 1000, 20
+    boxes, scores, valid = _scene(1, n, k, extent=5000.0)
+    valid[:] = True
+    boxes[0, :400] = torch.tensor([10.0, 10.0, 60.0, 60.0])
+    sizes = []
+    real = nms_module.batched_nms
+    monkeypatch.setattr(nms_module, "batched_nms", lambda b, *a: sizes.append(len(b)) or real(b, *a))
+    got_boxes, got_valid = nms_top_n(boxes, valid, iou_threshold=0.7, top_n=top_n)
+    assert sizes == [2 * 40, 2 * 80, 2 * 160, 2 * 320, 2 * 640]  # 40, 80, ... boxes per image
+    want_boxes, want_valid = _full_nms(boxes, scores, valid, 0.7, top_n)
+    assert torch.equal(got_boxes, want_boxes) and torch.equal(got_valid, want_valid)
+    assert bool(got_valid.all())
+
+
+@pytest.mark.parametrize("k", [0, 5])
+def test_fewer_boxes_than_top_n_and_empty_batches(k):
+    boxes, scores, valid = _scene(2, 2, k)
+    got_boxes, got_valid = nms_top_n(boxes, valid, iou_threshold=0.7, top_n=10)
+    assert got_boxes.shape == (2, 10, 4) and got_valid.shape == (2, 10)
+    assert int(got_valid.sum()) <= int(valid.sum())
+    empty = nms_top_n(torch.zeros(0, 50, 4), torch.zeros(0, 50, dtype=torch.bool),
+                      iou_threshold=0.7, top_n=10)
+    assert empty[0].shape == (0, 10, 4)
+
+
+def _greedy(boxes: torch.Tensor, iou: float) -> list[int]:
+    """Textbook greedy NMS visiting the boxes in the given order (the reference for ties)."""
+    from torchvision.ops import box_iou
+    overlap = box_iou(boxes, boxes)
+    kept: list[int] = []
+    for i in range(len(boxes)):
+        if all(overlap[i, j] <= iou for j in kept):
+            kept.append(i)
+    return kept
+
+
+def test_equal_scores_are_visited_in_the_given_order():
+    # bf16 logits tie often; which of two tied, overlapping boxes survives must not depend on
+    # how many boxes a round looked at.
+    boxes, _, _ = _scene(3, 1, 400, extent=150.0)
+    valid = torch.ones(1, 400, dtype=torch.bool)
+    want = _greedy(boxes[0], 0.5)[:30]
+    got_boxes, got_valid = nms_top_n(boxes, valid, iou_threshold=0.5, top_n=30)
+    assert torch.equal(got_boxes[0][got_valid[0]], boxes[0, want])
