@@ -1,24 +1,26 @@
 """Per-image NMS that keeps only the best ``top_n`` survivors, and packing them into fixed slots.
 
-The RPN (Faster R-CNN §3.1) runs NMS 0.7 over the top 6000-12000 boxes of each image but keeps
-only the first 300-2000 survivors. Greedy NMS decides whether a box survives from the boxes
-scored above it alone, so the survivors among the ``m`` best-scored boxes are exactly the
-survivors that full NMS would return from those ``m``. :func:`nms_top_n` therefore runs
-``torchvision.ops.batched_nms`` on a growing prefix (``2 * top_n`` boxes, then twice as many, ...)
-and stops as soon as every image has ``top_n`` survivors. On the CPU, NMS costs about
-(survivors x boxes), so this is several times cheaper than NMS over all boxes with the same result.
-NMS is given each box's rank rather than its score, so boxes of equal score (common with bf16
-logits) are visited in the order given, the same in every round. torchvision's NMS has no "stop
-after k" argument, hence this wrapper.
+The RPN (Faster R-CNN §3.1) runs NMS 0.7 over the top 6000 boxes of each test image but keeps
+only the first 300 survivors. Greedy NMS decides whether a box survives from the boxes ranked
+above it alone, so :func:`nms_top_n` walks each image's boxes in chunks (``2 * top_n`` boxes, then
+twice as many, ...): a chunk's boxes that overlap a survivor of the earlier chunks are dropped,
+``torchvision.ops.nms`` runs on the rest, and the walk stops once ``top_n`` boxes survive. The
+survivors are exactly those of NMS over all boxes, cut to ``top_n``. On the CPU, NMS costs about
+(survivors x boxes), so when the RPN's boxes are spread out (many survivors) stopping early is
+several times cheaper; torchvision's NMS has no "stop after k" argument, hence this wrapper. NMS is
+given each box's rank rather than its score, so boxes of equal score (common with bf16 logits) are
+visited in the order given, whatever the chunk.
 
-On CUDA the prefix loop would cost a host sync per round while torchvision's GPU kernel does not
-slow down the same way, so there NMS runs once over all boxes.
+NMS runs once over all boxes instead on CUDA (a chunk would cost a host sync, and the GPU kernel
+does not slow down the same way) and when ``top_n`` is more than an eighth of the boxes (as in
+training, 2000 of 12000): the chunks' overlap test against many survivors then costs more than
+it saves.
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torchvision.ops import batched_nms
+from torchvision.ops import batched_nms, box_iou, nms
 
 
 def nms_top_n(boxes: Tensor, valid: Tensor, *, iou_threshold: float, top_n: int) -> tuple[Tensor, Tensor]:
@@ -38,16 +40,29 @@ def nms_top_n(boxes: Tensor, valid: Tensor, *, iou_threshold: float, top_n: int)
         ``top_n`` per image.
     """
     n, k = valid.shape
-    m = k if boxes.is_cuda else min(k, 2 * top_n)
-    image_idx = torch.arange(n, device=boxes.device)[:, None].expand(n, k)
-    rank = -torch.arange(k, device=boxes.device, dtype=torch.float32)[None].expand(n, k)  # exact up to 2**24
-    while True:
-        take = valid[:, :m]
-        flat_boxes, flat_rank, flat_img = boxes[:, :m][take], rank[:, :m][take], image_idx[:, :m][take]
-        kept = batched_nms(flat_boxes, flat_rank, flat_img, iou_threshold)  # in the given order
-        if m == k or n == 0 or int(torch.bincount(flat_img[kept], minlength=n).min()) >= top_n:
-            return top_per_image(flat_boxes[kept], flat_img[kept], n, top_n)
-        m = min(k, 2 * m)
+    rank = -torch.arange(k, device=boxes.device, dtype=torch.float32)  # exact up to 2**24
+    if boxes.is_cuda or 8 * top_n > k:
+        image_idx = torch.arange(n, device=boxes.device)[:, None].expand(n, k)[valid]
+        kept = batched_nms(boxes[valid], rank.expand(n, k)[valid], image_idx, iou_threshold)
+        return top_per_image(boxes[valid][kept], image_idx[kept], n, top_n)
+    kept = [_survivors(boxes[i], valid[i], rank, iou_threshold, top_n) for i in range(n)]
+    image_idx = torch.cat([torch.full((len(j),), i, dtype=torch.long) for i, j in enumerate(kept)] + [rank[:0].long()])
+    flat = torch.cat([boxes[i, j] for i, j in enumerate(kept)] + [boxes.new_zeros((0, 4))])
+    return top_per_image(flat, image_idx, n, top_n)
+
+
+def _survivors(boxes: Tensor, valid: Tensor, rank: Tensor, iou_threshold: float, top_n: int) -> Tensor:
+    """Indices into ``boxes`` ``(K, 4)`` of the first ``top_n`` greedy-NMS survivors (one image)."""
+    order = valid.nonzero().squeeze(1)
+    kept = order[:0]
+    start, chunk = 0, 2 * top_n
+    while start < len(order) and len(kept) < top_n:
+        cand = order[start:start + chunk]
+        if len(kept):  # a box overlapping an earlier survivor cannot survive
+            cand = cand[box_iou(boxes[cand], boxes[kept]).amax(dim=1) <= iou_threshold]
+        kept = torch.cat([kept, cand[nms(boxes[cand], rank[cand], iou_threshold)]])
+        start, chunk = start + chunk, 2 * chunk
+    return kept[:top_n]
 
 
 def top_per_image(boxes: Tensor, image_idx: Tensor, num_images: int, top_n: int) -> tuple[Tensor, Tensor]:

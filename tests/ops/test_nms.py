@@ -40,29 +40,34 @@ def test_same_survivors_as_nms_over_every_box(seed, n, k, top_n, iou):
     assert torch.equal(got_boxes, want_boxes)
 
 
+def _record_nms_inputs(monkeypatch) -> list[int]:
+    sizes: list[int] = []
+    real = nms_module.nms
+    monkeypatch.setattr(nms_module, "nms", lambda b, *a: sizes.append(len(b)) or real(b, *a))
+    return sizes
+
+
 def test_stops_once_every_image_has_top_n(monkeypatch):
-    # Spread-out boxes: most survive, so 2 * top_n boxes are enough and the rest are never visited.
+    # Spread-out boxes: most survive, so the first 2 * top_n valid boxes of each image are enough
+    # and the rest are never looked at.
     boxes, scores, valid = _scene(0, 2, 2000, extent=2000.0)
-    sizes = []
-    real = nms_module.batched_nms
-    monkeypatch.setattr(nms_module, "batched_nms", lambda b, *a: sizes.append(len(b)) or real(b, *a))
+    sizes = _record_nms_inputs(monkeypatch)
     got_boxes, got_valid = nms_top_n(boxes, valid, iou_threshold=0.7, top_n=50)
-    assert sizes == [int(valid[:, :100].sum())]
+    assert sizes == [100, 100]
     want_boxes, want_valid = _full_nms(boxes, scores, valid, 0.7, 50)
     assert torch.equal(got_boxes, want_boxes) and bool(got_valid.all())
 
 
-def test_grows_the_prefix_while_an_image_lacks_survivors(monkeypatch):
-    # Image 0: 400 copies of one box then distinct ones far apart -> needs a longer prefix.
+def test_walks_on_while_an_image_lacks_survivors(monkeypatch):
+    # Image 0: 400 copies of one box, then boxes far apart -> chunks of 40, 80, 160, 320 boxes; the
+    # copies in later chunks overlap the first survivor and never reach NMS.
     n, k, top_n = 2, 1000, 20
     boxes, scores, valid = _scene(1, n, k, extent=5000.0)
     valid[:] = True
     boxes[0, :400] = torch.tensor([10.0, 10.0, 60.0, 60.0])
-    sizes = []
-    real = nms_module.batched_nms
-    monkeypatch.setattr(nms_module, "batched_nms", lambda b, *a: sizes.append(len(b)) or real(b, *a))
+    sizes = _record_nms_inputs(monkeypatch)
     got_boxes, got_valid = nms_top_n(boxes, valid, iou_threshold=0.7, top_n=top_n)
-    assert sizes == [2 * 40, 2 * 80, 2 * 160, 2 * 320, 2 * 640]  # 40, 80, ... boxes per image
+    assert sizes[:3] == [40, 0, 0] and sizes[3] <= 600 - 400 and sizes[-1] == 40
     want_boxes, want_valid = _full_nms(boxes, scores, valid, 0.7, top_n)
     assert torch.equal(got_boxes, want_boxes) and torch.equal(got_valid, want_valid)
     assert bool(got_valid.all())
