@@ -70,3 +70,24 @@ def test_bad_schedule_settings():
         WarmupSchedule(max_iters=10, milestones=[5, 2])
     with pytest.raises(ValueError, match="trainable"):
         build_optimizer(nn.Linear(2, 2).requires_grad_(False), lr=0.1)
+
+
+def test_fused_sgd_on_the_cpu_matches_the_per_tensor_update():
+    import copy
+
+    import torch
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.Linear(16, 3))
+    twin, start = copy.deepcopy(model), copy.deepcopy(model)
+    fused = build_optimizer(model, lr=0.1, weight_decay=1e-3, no_decay_norm_bias=True)
+    plain = build_optimizer(twin, lr=0.1, weight_decay=1e-3, no_decay_norm_bias=True, fused=False)
+    assert all(g["fused"] for g in fused.param_groups) and not any(g["fused"] for g in plain.param_groups)
+    x = torch.randn(32, 8)
+    for _ in range(3):  # momentum buffers in play from the second step
+        for m, opt in ((model, fused), (twin, plain)):
+            opt.zero_grad()
+            m(x).square().mean().backward()
+            opt.step()
+    for a, b in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    assert not torch.equal(model[0].weight, start[0].weight)  # the steps did move the weights

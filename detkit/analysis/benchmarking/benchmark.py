@@ -37,6 +37,7 @@ from detkit.analysis.benchmarking.machine import current_memory_mb, peak_memory_
 from detkit.utils.provenance import git_commit, machine_info  # noqa: F401
 from detkit.analysis.benchmarking.timing import COUNTERS, BenchmarkError, Clock, PhaseTimer, summarize  # noqa: F401
 from detkit.data.batch import ImageBatch
+from detkit.engine.optim import build_optimizer
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 INFER_PHASES = ("preprocess", "trunk", "proposals", "region_head", "postprocess")
@@ -99,15 +100,21 @@ def inference_step(model: nn.Module, batch: ImageBatch, *, precision: str,
 
 
 def training_step(model: nn.Module, batch: ImageBatch, targets: list[dict], *, precision: str,
-                  proposals: list[Tensor] | None = None, lr: float = 1e-5) -> Callable[[PhaseTimer], None]:
+                  proposals: list[Tensor] | None = None, lr: float = 1e-5,
+                  detkit_optimizer: bool = True) -> Callable[[PhaseTimer], None]:
     """One training step: forward (train mode) + backward + SGD step (momentum 0.9, wd 5e-4).
 
-    fp16 uses a ``GradScaler``. The learning rate is tiny so that random data cannot blow the
-    weights up while they are measured.
+    ``detkit_optimizer``: the SGD of detkit's trainer (``detkit.engine.optim.build_optimizer``,
+    fused where PyTorch has it); ``False``: ``torch.optim.SGD`` with its defaults, as
+    torchvision's reference training scripts build it. fp16 uses a ``GradScaler``. The learning
+    rate is tiny so that random data cannot blow the weights up while they are measured.
     """
     device = next(model.parameters()).device
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr,
-                                momentum=0.9, weight_decay=5e-4)
+    if detkit_optimizer:
+        optimizer = build_optimizer(model, lr=lr, momentum=0.9, weight_decay=5e-4)
+    else:
+        optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr,
+                                    momentum=0.9, weight_decay=5e-4)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     kwargs = {"proposals": proposals} if proposals is not None and takes_proposals(model) else {}
 
@@ -244,7 +251,8 @@ def benchmark_detectors(models: dict[str, tuple[nn.Module, dict[str, list[str]]]
         if kind == "train":
             targets = random_targets(n, h, w, num_classes=num_classes, boxes_per_image=boxes_per_image,
                                      device=device, generator=gen)
-            entries = {name: (m, ph, training_step(m, batch, targets, precision=precisions[name], proposals=props))
+            entries = {name: (m, ph, training_step(m, batch, targets, precision=precisions[name], proposals=props,
+                                                   detkit_optimizer=name != "torchvision"))
                        for name, (m, ph) in models.items()}
         else:
             entries = {name: (m, ph, inference_step(m, batch, precision=precisions[name], proposals=props))
