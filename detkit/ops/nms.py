@@ -58,8 +58,8 @@ def _survivors(boxes: Tensor, valid: Tensor, rank: Tensor, iou_threshold: float,
     start, chunk = 0, 2 * top_n
     while start < len(order) and len(kept) < top_n:
         cand = order[start:start + chunk]
-        if len(kept):  # a box overlapping an earlier survivor cannot survive
-            cand = cand[box_iou(boxes[cand], boxes[kept]).amax(dim=1) <= iou_threshold]
+        if len(kept):  # a box overlapping an earlier survivor cannot survive ("IoU > t", as NMS tests it)
+            cand = cand[~(box_iou(boxes[cand], boxes[kept]) > iou_threshold).any(dim=1)]
         kept = torch.cat([kept, cand[nms(boxes[cand], rank[cand], iou_threshold)]])
         start, chunk = start + chunk, 2 * chunk
     return kept[:top_n]

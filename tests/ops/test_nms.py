@@ -103,3 +103,16 @@ def test_equal_scores_are_visited_in_the_given_order():
     want = _greedy(boxes[0], 0.5)[:30]
     got_boxes, got_valid = nms_top_n(boxes, valid, iou_threshold=0.5, top_n=30)
     assert torch.equal(got_boxes[0][got_valid[0]], boxes[0, want])
+
+
+def test_degenerate_boxes_are_treated_as_nms_treats_them():
+    # Two zero-area boxes have IoU 0/0 = NaN; NMS's "IoU > t" test never suppresses on NaN. One
+    # such box survives in the first chunk (boxes 0-5), the other comes in the second.
+    big = [0.0, 0.0, 100.0, 100.0]
+    boxes = torch.tensor([big] * 30)
+    boxes[1] = torch.tensor([5.0, 5.0, 5.0, 5.0])
+    boxes[6] = torch.tensor([7.0, 7.0, 7.0, 7.0])
+    valid = torch.ones(1, 30, dtype=torch.bool)
+    got_boxes, got_valid = nms_top_n(boxes[None], valid, iou_threshold=0.5, top_n=3)
+    assert got_valid[0].tolist() == [True, True, True]
+    assert torch.equal(got_boxes[0], boxes[[0, 1, 6]])
