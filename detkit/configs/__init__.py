@@ -1,2 +1,2 @@
 """detkit's Hydra configs (``train.yaml`` and the groups ``method/``, ``backbone/``, ``data/``,
-``preset/``; ``experiments/`` suites), shipped inside the package so an installed ``detkit`` finds them."""
+``preset/``, ``speed/``; ``experiments/`` suites), shipped inside the package so an installed ``detkit`` finds them."""
