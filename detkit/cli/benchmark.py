@@ -264,8 +264,9 @@ def run(args: argparse.Namespace) -> dict:
         notes.append("torchvision's background RoIs are IoU in [0, 0.5); detkit's lower bound is "
                      f"{model.roi_head.matcher.thresholds[0]} (cannot be set in torchvision).")
         if args.mode in ("train", "both"):
-            notes.append("training steps: detkit with its trainer's SGD (fused kernel where PyTorch has one), "
-                         "torchvision with torch.optim.SGD's defaults, as its reference scripts")
+            notes.append("training steps: detkit's SGD built as its trainer builds it (fused kernel where PyTorch "
+                         "has one; one parameter group), torchvision with torch.optim.SGD's defaults, as its "
+                         "reference scripts")
     if args.fast:
         from detkit.engine.evaluator import native_bf16
         # detkit only: torchvision stays float32 eager, as its users run it.

@@ -12,6 +12,7 @@ import sys
 
 
 import hydra
+import yaml
 from omegaconf import DictConfig
 
 from detkit.engine.config import CONFIG_DIR
@@ -37,7 +38,16 @@ def hydra_app(cfg: DictConfig) -> None:
     ddp.cleanup()
 
 
-GROUPS = ("data", "method", "backbone", "preset")
+def _groups() -> tuple[str, ...]:
+    """The config groups train.yaml's defaults list chooses (data, method, backbone, preset, speed),
+    read from the file so that a new group needs no change here."""
+    entries = yaml.safe_load((CONFIG_DIR / "train.yaml").read_text())["defaults"]
+    keys = (next(iter(e)) for e in entries if isinstance(e, dict))
+    names = (k.removeprefix("optional ").split("@")[0] for k in keys)
+    return tuple(n for n in names if "/" not in n)
+
+
+GROUPS = _groups()
 
 
 def unknown_key_message(overrides: list[str]) -> str | None:

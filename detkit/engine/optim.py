@@ -62,8 +62,8 @@ def build_optimizer(
 
     ``fused``: PyTorch's fused SGD kernel (one pass over each parameter instead of a chain of
     per-tensor operations; about 5x faster steps on a CPU for AlexNet's 25 M fc weights, the same
-    update up to float rounding). ``None`` uses it when every parameter is on the CPU or a CUDA
-    device (the devices PyTorch fuses SGD on).
+    update up to float rounding). ``None`` uses it when every parameter is a floating-point tensor
+    on the CPU or a CUDA device (where detkit has checked it; PyTorch >= 2.4 fuses SGD there).
     """
     if lr <= 0:
         raise ValueError(f"lr must be positive, got {lr}")

@@ -215,9 +215,18 @@ class Trainer:
         """Restore everything ``state()`` holds (module docstring)."""
         ckpt = load_checkpoint(path)
         load_model_weights(self.net, ckpt["model"], source=str(path))
+        # load_state_dict replaces each param group's settings with the saved ones; the kernel
+        # choice (fused / foreach) belongs to this machine and this torch, not to the checkpoint.
+        kernels = [{k: g.get(k) for k in ("fused", "foreach")} for g in self.optimizer.param_groups]
         for name, obj in (("optimizer", self.optimizer), ("scheduler", self.scheduler), ("scaler", self.scaler)):
             if ckpt.get(name) is not None:
                 obj.load_state_dict(ckpt[name])
+        for group, kernel in zip(self.optimizer.param_groups, kernels):
+            group.update(kernel)
+            for p in group["params"]:  # the fused kernel assumes the buffer has its parameter's layout
+                buf = self.optimizer.state.get(p, {}).get("momentum_buffer")
+                if buf is not None and buf.stride() != p.stride():
+                    self.optimizer.state[p]["momentum_buffer"] = torch.empty_like(p).copy_(buf)
         self.iteration, self.epoch, self.position = int(ckpt["iteration"]), int(ckpt["epoch"]), int(ckpt["position"])
         self.metrics = dict(ckpt.get("metrics") or {})
         self.train_seconds = float((ckpt.get("timing") or {}).get("train_seconds", 0.0))

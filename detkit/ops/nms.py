@@ -11,7 +11,7 @@ several times cheaper; torchvision's NMS has no "stop after k" argument, hence t
 given each box's rank rather than its score, so boxes of equal score (common with bf16 logits) are
 visited in the order given, whatever the chunk.
 
-NMS runs once over all boxes instead on CUDA (a chunk would cost a host sync, and the GPU kernel
+NMS runs once over all boxes instead on GPUs (a chunk would cost a host sync, and the GPU kernel
 does not slow down the same way) and when ``top_n`` is more than an eighth of the boxes (as in
 training, 2000 of 12000): the chunks' overlap test against many survivors then costs more than
 it saves.
@@ -28,7 +28,7 @@ def nms_top_n(boxes: Tensor, valid: Tensor, *, iou_threshold: float, top_n: int)
 
     Args:
         boxes: ``(N, K, 4)`` boxes ``(x1, y1, x2, y2)`` of ``N`` images, each row best first (as
-            ``Tensor.topk`` returns them).
+            ``Tensor.topk`` returns them); compared in float32, returned as float32.
         valid: ``(N, K)`` bool — boxes that take part (e.g. not too small).
         iou_threshold: a box overlapping a better survivor of its image by more than this is
             suppressed.
@@ -40,13 +40,15 @@ def nms_top_n(boxes: Tensor, valid: Tensor, *, iou_threshold: float, top_n: int)
         ``top_n`` per image.
     """
     n, k = valid.shape
+    boxes = boxes.float()  # torchvision's NMS kernels: float32 boxes and scores of one type
     rank = -torch.arange(k, device=boxes.device, dtype=torch.float32)  # exact up to 2**24
-    if boxes.is_cuda or 8 * top_n > k:
+    if boxes.device.type != "cpu" or 8 * top_n > k:
         image_idx = torch.arange(n, device=boxes.device)[:, None].expand(n, k)[valid]
         kept = batched_nms(boxes[valid], rank.expand(n, k)[valid], image_idx, iou_threshold)
         return top_per_image(boxes[valid][kept], image_idx[kept], n, top_n)
     kept = [_survivors(boxes[i], valid[i], rank, iou_threshold, top_n) for i in range(n)]
-    image_idx = torch.cat([torch.full((len(j),), i, dtype=torch.long) for i, j in enumerate(kept)] + [rank[:0].long()])
+    image_idx = torch.cat([torch.full((len(j),), i, dtype=torch.long) for i, j in enumerate(kept)]
+                          + [rank[:0].long()])
     flat = torch.cat([boxes[i, j] for i, j in enumerate(kept)] + [boxes.new_zeros((0, 4))])
     return top_per_image(flat, image_idx, n, top_n)
 
@@ -58,8 +60,8 @@ def _survivors(boxes: Tensor, valid: Tensor, rank: Tensor, iou_threshold: float,
     start, chunk = 0, 2 * top_n
     while start < len(order) and len(kept) < top_n:
         cand = order[start:start + chunk]
-        if len(kept):  # a box overlapping an earlier survivor cannot survive ("IoU > t", as NMS tests it)
-            cand = cand[~(box_iou(boxes[cand], boxes[kept]) > iou_threshold).any(dim=1)]
+        if len(kept):  # a box overlapping an earlier survivor cannot survive: NMS's own test, float IoU > double t
+            cand = cand[~(box_iou(boxes[cand], boxes[kept]).double() > iou_threshold).any(dim=1)]
         kept = torch.cat([kept, cand[nms(boxes[cand], rank[cand], iou_threshold)]])
         start, chunk = start + chunk, 2 * chunk
     return kept[:top_n]

@@ -32,3 +32,10 @@ def test_speed_fast_sets_amp_and_channels_last_only():
 def test_command_line_wins_over_speed_fast():
     conf = compose_run_config(["speed=fast", "amp=fp16", "channels_last=false"])
     assert (conf["amp"], conf["channels_last"]) == ("fp16", False)
+
+
+def test_train_command_takes_the_groups_as_groups():
+    from detkit.cli.train import GROUPS, unknown_key_message
+    assert {"data", "method", "backbone", "preset", "speed"} <= set(GROUPS)
+    assert unknown_key_message(["speed=fast", "preset=cpu", "solver.lr=0.1"]) is None
+    assert "speeed" in unknown_key_message(["speeed=fast"])

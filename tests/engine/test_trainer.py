@@ -313,3 +313,30 @@ def test_progress_is_logged_as_lines_with_losses_and_eta(voc, tmp_path, monkeypa
     assert terms and all(f"{k} " in lines[1] for k in terms)
     assert f"loss {t.history[1]['loss']:.3f}" in lines[1]
     assert lines[1].endswith("eta 00:00:08") and lines[-1].endswith("eta 00:00:00")
+
+
+def test_resume_keeps_this_machines_sgd_kernel_and_buffer_layout(voc, tmp_path):
+    # A checkpoint written before the trainer used fused SGD stores fused=None, and momentum buffers
+    # keep the layout they were saved in; the fused kernel walks buffer and parameter memory in step.
+    _trainer(voc, tmp_path / "run", max_iters=2, checkpoint_every=2).fit()
+    last = tmp_path / "run" / "last.pt"
+    ckpt = torch.load(last, weights_only=True)
+    for group in ckpt["optimizer"]["param_groups"]:
+        group["fused"] = None
+    moved = 0
+    for state in ckpt["optimizer"]["state"].values():
+        buf = state["momentum_buffer"]
+        if buf.dim() == 4 and buf.shape[1] > 1 and buf.shape[2] > 1:
+            state["momentum_buffer"] = buf.contiguous(memory_format=torch.channels_last)
+            moved += 1
+    assert moved > 0
+    torch.save(ckpt, last)
+    resumed = _trainer(voc, tmp_path / "run", max_iters=4, checkpoint_every=2)
+    resumed.load(last)
+    assert all(g["fused"] for g in resumed.optimizer.param_groups)
+    saved = {i: s["momentum_buffer"] for i, s in ckpt["optimizer"]["state"].items()}
+    params = [p for g in resumed.optimizer.param_groups for p in g["params"]]
+    for i, p in enumerate(params):
+        buf = resumed.optimizer.state[p]["momentum_buffer"]
+        assert buf.stride() == p.stride() and torch.equal(buf, saved[i])
+    assert resumed.fit(resume=True)["iteration"] == 4

@@ -73,6 +73,33 @@ def test_walks_on_while_an_image_lacks_survivors(monkeypatch):
     assert bool(got_valid.all())
 
 
+@pytest.mark.parametrize("top_n", [1, 2, 5])
+def test_small_top_n_all_invalid_and_no_images_on_the_chunked_path(top_n):
+    boxes, scores, valid = _scene(5, 2, 60)
+    valid[1] = False  # image 1: nothing takes part
+    got = nms_top_n(boxes, valid, iou_threshold=0.5, top_n=top_n)
+    want = _full_nms(boxes, scores, valid, 0.5, top_n)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    assert not bool(got[1][1].any())
+    empty = nms_top_n(boxes[:0], valid[:0], iou_threshold=0.5, top_n=top_n)
+    assert empty[0].shape == (0, top_n, 4)
+
+
+def test_iou_exactly_at_the_threshold_is_not_suppressed_as_in_nms():
+    # float32(0.3) > 0.3: an IoU of exactly float32(0.3) is above the double threshold, so NMS
+    # suppresses it; the chunks' overlap test must agree. Box 12 (IoU 30/100 with box 0) comes in
+    # the second chunk, after copies of box 0.
+    boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0]] + [[100.0 + 20 * i, 0.0, 110.0 + 20 * i, 10.0] for i in range(1, 40)])
+    boxes[1:12] = boxes[0]  # copies: the first chunk (10 boxes) leaves one survivor
+    boxes[12] = torch.tensor([0.0, 0.0, 10.0, 3.0])
+    valid = torch.ones(1, 40, dtype=torch.bool)
+    got = nms_top_n(boxes[None], valid, iou_threshold=0.3, top_n=5)
+    assert not any(torch.equal(b, boxes[12]) for b in got[0][0][got[1][0]])
+    scores = -torch.arange(40.0)[None]
+    want = _full_nms(boxes[None], scores, valid, 0.3, 5)
+    assert torch.equal(got[0], want[0])
+
+
 @pytest.mark.parametrize("k", [0, 5])
 def test_fewer_boxes_than_top_n_and_empty_batches(k):
     boxes, scores, valid = _scene(2, 2, k)
@@ -95,9 +122,9 @@ def _greedy(boxes: torch.Tensor, iou: float) -> list[int]:
     return kept
 
 
-def test_equal_scores_are_visited_in_the_given_order():
-    # bf16 logits tie often; which of two tied, overlapping boxes survives must not depend on
-    # how many boxes a round looked at.
+def test_boxes_are_visited_in_the_given_order_whatever_the_chunk():
+    # No scores: the given order decides (the RPN gives topk's order, so tied bf16 logits cannot
+    # make the chunked walk and NMS over all boxes disagree).
     boxes, _, _ = _scene(3, 1, 400, extent=150.0)
     valid = torch.ones(1, 400, dtype=torch.bool)
     want = _greedy(boxes[0], 0.5)[:30]
