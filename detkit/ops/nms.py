@@ -47,10 +47,9 @@ def nms_top_n(boxes: Tensor, valid: Tensor, *, iou_threshold: float, top_n: int)
         kept = batched_nms(boxes[valid], rank.expand(n, k)[valid], image_idx, iou_threshold)
         return top_per_image(boxes[valid][kept], image_idx[kept], n, top_n)
     kept = [_survivors(boxes[i], valid[i], rank, iou_threshold, top_n) for i in range(n)]
-    image_idx = torch.cat([torch.full((len(j),), i, dtype=torch.long) for i, j in enumerate(kept)]
-                          + [rank[:0].long()])
-    flat = torch.cat([boxes[i, j] for i, j in enumerate(kept)] + [boxes.new_zeros((0, 4))])
-    return top_per_image(flat, image_idx, n, top_n)
+    image_idx = torch.repeat_interleave(torch.arange(n), torch.tensor([len(j) for j in kept], dtype=torch.long))
+    survivors = torch.cat(kept) if kept else image_idx  # no images: both empty
+    return top_per_image(boxes[image_idx, survivors], image_idx, n, top_n)
 
 
 def _survivors(boxes: Tensor, valid: Tensor, rank: Tensor, iou_threshold: float, top_n: int) -> Tensor:
