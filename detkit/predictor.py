@@ -183,7 +183,7 @@ def load(checkpoint: str | os.PathLike, device: str | torch.device = "auto", ove
         fast: every test-time option detkit recommends for this device: bf16 autocast where it
             is native (AVX512-BF16 / AMX CPUs, bf16 GPUs; ``amp`` is then ignored), batch norm
             folded into the convolutions, ``channels_last``, and on the CPU int8 fc layers
-            (``int8``) (docs/performance.md, "--fast").
+            (``int8``; not for R-CNN, where they measured slower) (docs/performance.md, "--fast").
         svd: ranks for a truncated SVD of the region head's fc layers (fc6, fc7), e.g. ``(1024, 256)``
             for VGG-16 as in the Fast R-CNN paper: faster at test time for a small loss of
             accuracy (``detkit.compression``; docs/performance.md measures it).
@@ -212,9 +212,9 @@ def load(checkpoint: str | os.PathLike, device: str | torch.device = "auto", ove
     if int8 and device.type != "cpu":
         raise ValueError(f"detkit.load: int8=True quantises for the CPU; device is {device} (use device='cpu')")
     if int8 or fast and device.type == "cpu":
-        from detkit.compression import has_linear_layers, quantize_linear_layers
+        from detkit.compression import int8_in_fast, quantize_linear_layers
 
-        if int8 or has_linear_layers(model):  # after the SVD: its factors are quantised too
+        if int8 or int8_in_fast(model):  # after the SVD: its factors are quantised too
             quantize_linear_layers(model)
     return Predictor(model, ckpt["config"], ckpt["class_names"], category_ids=ckpt.get("category_ids"),
                      device=device, amp=amp, batch_size=batch_size)

@@ -292,8 +292,8 @@ def run(args: argparse.Namespace) -> dict:
             f"{r.name.rsplit('.', 1)[-1]} {r.shape[0]}x{r.shape[1]} rank {r.rank} ({r.energy_kept:.0%} of the energy, "
             f"{r.macs_after / r.macs_before:.0%} of the multiply-adds)" for r in reports))
     # --fast on the CPU includes int8 fc layers for inference (within 0.001 mAP; docs/performance.md)
-    from detkit.compression import has_linear_layers
-    if args.int8 or args.fast and args.mode == "infer" and device.type == "cpu" and has_linear_layers(model):
+    from detkit.compression import int8_in_fast
+    if args.int8 or args.fast and args.mode == "infer" and device.type == "cpu" and int8_in_fast(model):
         from detkit.compression import quantize_linear_layers
         # After the twin is built (it copies detkit's region head) and after --svd (its factors are Linear too).
         if args.mode != "infer" or device.type != "cpu":

@@ -10,7 +10,7 @@ def add_speed_options(p: argparse.ArgumentParser, *, benchmark: bool = False) ->
     who = "detkit only; torchvision's twin is timed as built. " if benchmark else ""
     p.add_argument("--fast", action="store_true",
                    help=f"{who}bf16 autocast where the CPU/GPU computes it natively (AVX512-BF16 / AMX), "
-                        "channels_last, batch norm folded into the convolutions and, on the CPU, int8 fc layers"
+                        "channels_last, batch norm folded into the convolutions and, on the CPU, int8 fc layers (not R-CNN's)"
                         + (" (the last two with --mode infer)" if benchmark else " (detkit.load(fast=True))"))
     p.add_argument("--svd", type=int, nargs="+", default=None, metavar="RANK",
                    help=f"{who}truncated SVD of the region head's fc layers (fc6 fc7), e.g. --svd 1024 256 "

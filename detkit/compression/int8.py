@@ -24,6 +24,12 @@ def has_linear_layers(model: nn.Module) -> bool:
     return any(type(m) is nn.Linear for m in model.modules())
 
 
+def int8_in_fast(model: nn.Module) -> bool:
+    """Whether ``--fast`` on the CPU quantises ``model``'s fc layers: it has some, and its class does
+    not set ``fast_int8 = False`` (R-CNN does: docs/performance.md, "R-CNN on the CPU")."""
+    return has_linear_layers(model) and bool(getattr(model, "fast_int8", True))
+
+
 def quantize_linear_layers(model: nn.Module) -> list[str]:
     """Quantise every ``nn.Linear`` of ``model`` in place (module docstring); eval mode, CPU only.
 

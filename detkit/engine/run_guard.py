@@ -32,8 +32,8 @@ RUN_LENGTH_KEYS: tuple[str, ...] = (
 )
 # Inside method.model: settings used only at test time, which no training stage depends on.
 TEST_TIME_KEYS: tuple[str, ...] = tuple(f"method.model.{k}" for k in (
-    "score_thresh", "nms_thresh", "detections_per_img", "scorer", "chunk_size", "box_score_thresh",
-    "box_nms_thresh", "box_detections_per_img", "rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_test",
+    "score_thresh", "nms_thresh", "detections_per_img", "scorer", "chunk_size", "region_memory_mb",
+    "box_score_thresh", "box_nms_thresh", "box_detections_per_img", "rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_test",
     "proposer", "merge", "merge_confidence", "merge_thresh"))
 # Files that show a run was (being) trained in a folder.
 RUN_FILES: tuple[str, ...] = ("last.pt", "metrics.json", "stage*_*.pt", "step_*.pt", "finetune/last.pt",

@@ -39,6 +39,8 @@ from detkit.methods.detector import TwoStageDetector
 from detkit.ops.sampler import sample_balanced
 from detkit.proposals.selective_search import selective_search
 from detkit.rcnn.bbox_regression import BoxRegressors
+from detkit.rcnn.region_batches import (default_memory_mb, peak_bytes_per_region, region_spans,
+                                        regions_per_batch)
 from detkit.rcnn.warp import warp_regions
 
 
@@ -55,7 +57,9 @@ class RegionDetector(TwoStageDetector):
             best IoU >= this (R-CNN 0.0: every non-positive region; SPPNet 0.1); regions below it
             are not used for fine-tuning. batch_regions, positive_fraction: regions per step and
             the positive share (128, 0.25: 32 + 96).
-        chunk_size: proposals per forward pass (bounds memory).
+        chunk_size: regions per forward pass at test time and in feature extraction (bounds
+            memory); ``None``: the subclass's default (R-CNN: from ``region_memory_mb``; SPPNet: all
+            of an image's boxes at once).
         ss_mode, ss_max_side, ss_max_proposals, ss_base_k, ss_inc_k, ss_sigma: selective search
             (``detkit.proposals.selective_search``) when no proposals are given.
     """
@@ -72,7 +76,7 @@ class RegionDetector(TwoStageDetector):
     def __init__(self, *, backbone: Backbone, num_classes: int, feature_dim: int, pool_dim: int,
                  scorer: str = "svm", score_thresh: float = -1.0, nms_thresh: float = 0.3,
                  detections_per_img: int = 100, fg_iou_thresh: float = 0.5, bg_iou_thresh_lo: float = 0.0,
-                 batch_regions: int = 128, positive_fraction: float = 0.25, chunk_size: int = 256,
+                 batch_regions: int = 128, positive_fraction: float = 0.25, chunk_size: int | None = 256,
                  ss_mode: str = "fast", ss_max_side: int | None = 500, ss_max_proposals: int | None = None,
                  ss_base_k: int = 150, ss_inc_k: int = 150, ss_sigma: float = 0.8,
                  train_on_difficult: bool = True, channels_last: bool = False) -> None:
@@ -80,7 +84,7 @@ class RegionDetector(TwoStageDetector):
                          train_on_difficult=train_on_difficult, channels_last=channels_last)
         if scorer not in ("svm", "softmax"):
             raise ValueError(f"{type(self).__name__}: scorer must be 'svm' or 'softmax', got {scorer!r}")
-        if chunk_size < 1 or batch_regions < 1:
+        if (chunk_size is not None and chunk_size < 1) or batch_regions < 1:
             raise ValueError(f"{type(self).__name__}: chunk_size ({chunk_size}) and batch_regions "
                              f"({batch_regions}) must be >= 1")
         self.scorer, self.score_thresh, self.nms_thresh = scorer, float(score_thresh), float(nms_thresh)
@@ -90,7 +94,7 @@ class RegionDetector(TwoStageDetector):
                              f"got {bg_iou_thresh_lo}")
         self.bg_iou_thresh_lo = float(bg_iou_thresh_lo)
         self.batch_regions, self.positive_fraction = int(batch_regions), float(positive_fraction)
-        self.chunk_size = int(chunk_size)
+        self.chunk_size = None if chunk_size is None else int(chunk_size)
         self.ss_options = {"mode": ss_mode, "max_side": ss_max_side, "max_proposals": ss_max_proposals,
                            "base_k": int(ss_base_k), "inc_k": int(ss_inc_k), "sigma": float(ss_sigma)}
         self.feature_dim, self.pool_dim = int(feature_dim), int(pool_dim)
@@ -108,7 +112,7 @@ class RegionDetector(TwoStageDetector):
                         pool: bool = False) -> tuple[Tensor, Tensor | None]:
         """``N`` images' ``(P_i, 4)`` boxes -> fc7 ``(sum P_i, D)`` and, with ``pool``, the
         box-regression features ``(sum P_i, pool_dim)`` (``None`` otherwise), image by image in
-        the order given; computed ``chunk_size`` proposals at a time to bound memory."""
+        the order given; at test time computed in batches of regions to bound memory."""
         raise NotImplementedError
 
     def scores(self, fc: Tensor) -> Tensor:
@@ -238,14 +242,34 @@ class RegionDetector(TwoStageDetector):
 class RCNN(RegionDetector):
     """R-CNN: warp each proposal (context ``p = 16``) to ``backbone.input_size`` and run the whole
     network on it: trunk -> max pool to ``roi_size`` ("pool5", ``C * roi_size^2``) -> region head
-    ("fc7", ``head_channels``). Other arguments: ``RegionDetector``.
+    ("fc7", ``head_channels``).
+
+    Args (keyword-only, besides ``RegionDetector``'s):
+        context: ``p``, warped pixels of context around each box.
+        chunk_size: regions per forward pass at test time and in feature extraction; ``None``
+            (default): as many as ``region_memory_mb`` holds, from the network's own activation
+            size (``detkit.rcnn.region_batches``). Batches run across images.
+        region_memory_mb: memory budget of one batch of warped regions at the peak of a forward
+            pass (float32 activations; bf16 autocast halves them); ``None``: 64 MB on a CPU (small
+            batches run faster there), 2048 MB on a GPU (``detkit.rcnn.region_batches``).
+    In fine-tuning (train mode with autograd) the step's regions go through in one pass, so that
+    batch norm sees them together; ``batch_regions`` bounds that pass.
     """
 
-    def __init__(self, *, backbone: Backbone, num_classes: int, context: int = 16, **kwargs) -> None:
+    # --fast leaves the fc layers in float: on R-CNN int8 measured 7 % slower (a small share of a
+    # network run on whole warped regions, and each small batch pays its inputs' quantisation).
+    fast_int8 = False
+
+    def __init__(self, *, backbone: Backbone, num_classes: int, context: int = 16,
+                 chunk_size: int | None = None, region_memory_mb: float | None = None, **kwargs) -> None:
         pool_dim = backbone.out_channels * backbone.roi_size ** 2
         super().__init__(backbone=backbone, num_classes=num_classes, feature_dim=backbone.head_channels,
-                         pool_dim=pool_dim, **kwargs)
+                         pool_dim=pool_dim, chunk_size=chunk_size, **kwargs)
+        if region_memory_mb is not None and region_memory_mb <= 0:
+            raise ValueError(f"{type(self).__name__}: region_memory_mb must be > 0, got {region_memory_mb}")
         self.context, self.input_size = int(context), int(backbone.input_size)
+        self.region_memory_mb = None if region_memory_mb is None else float(region_memory_mb)
+        self._region_bytes: dict[tuple[str, torch.dtype], int] = {}  # measured once per device and dtype
         self._finish_init()
 
     def warp(self, images: Tensor, image_hw: Tensor, boxes: Sequence[Tensor]) -> Tensor:
@@ -254,18 +278,44 @@ class RCNN(RegionDetector):
         return warp_regions(images, list(boxes), output_size=self.input_size, context=self.context,
                             image_sizes=sizes)
 
+    def network(self) -> nn.Module:
+        """The per-region network, warped region ``(R, 3, S, S)`` -> fc7 ``(R, D)`` (shares the
+        backbone's modules)."""
+        r = self.backbone.roi_size
+        return nn.Sequential(self.backbone.trunk, nn.AdaptiveMaxPool2d((r, r)), self.backbone.region_head)
+
+    def regions_per_batch(self, device: torch.device) -> int:
+        """``chunk_size``, or the number of warped regions the memory budget holds on ``device``."""
+        if self.chunk_size is not None:
+            return self.chunk_size
+        dtype = next(self.backbone.trunk.parameters()).dtype
+        key = (str(device), dtype if dtype.is_floating_point else torch.float32)
+        if key not in self._region_bytes:
+            self._region_bytes[key] = peak_bytes_per_region(self.network(), input_size=self.input_size,
+                                                            device=device, dtype=key[1])
+        budget = self.region_memory_mb or default_memory_mb(device)
+        return regions_per_batch(self._region_bytes[key], budget)
+
     def region_features(self, images, image_hw, boxes, *, pool=False):
-        if sum(len(b) for b in boxes) == 0:
+        counts = [len(b) for b in boxes]
+        if sum(counts) == 0:
             empty = images.new_zeros(0, self.feature_dim)
             return empty, (images.new_zeros(0, self.pool_dim) if pool else None)
+        if self.training and torch.is_grad_enabled():
+            batch = sum(counts)  # fine-tuning: one pass (class docstring)
+        else:
+            batch = self.regions_per_batch(images.device)
         fcs, pools, r = [], [], self.backbone.roi_size
-        for i, b in enumerate(boxes):
-            for chunk in b.split(self.chunk_size):  # 2000 warped regions at 227 px are 1.2 GB
-                x = self.warp(images[i:i + 1], image_hw[i:i + 1], [chunk])
-                if self.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                pool5 = F.adaptive_max_pool2d(self.backbone.trunk(x), (r, r))
-                fcs.append(self.backbone.region_head(pool5))
-                if pool:
-                    pools.append(pool5.flatten(1))
+        for spans in region_spans(counts, batch):
+            first, last = spans[0][0], spans[-1][0] + 1
+            parts = [boxes[i][:0] for i in range(first, last)]  # images of this batch, regions sliced
+            for i, start, end in spans:
+                parts[i - first] = boxes[i][start:end]
+            x = self.warp(images[first:last], image_hw[first:last], parts)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            pool5 = F.adaptive_max_pool2d(self.backbone.trunk(x), (r, r))
+            fcs.append(self.backbone.region_head(pool5))
+            if pool:
+                pools.append(pool5.flatten(1))
         return torch.cat(fcs), (torch.cat(pools) if pool else None)

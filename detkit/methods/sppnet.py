@@ -115,7 +115,7 @@ class SPPNet(RegionDetector):
             factors = self.scale_factors((h, w))
             maps = self.conv_maps(images[i:i + 1, :, :h, :w], factors)  # trunk once per image and scale
             fac = torch.tensor([factors], device=images.device)
-            for chunk in b.split(self.chunk_size):
+            for chunk in b.split(self.chunk_size or len(b)):
                 feats = self.spp.forward_multiscale(maps, [chunk], fac, target=self.target)
                 fcs.append(self.backbone.region_head(feats))
                 if pool:

@@ -66,3 +66,16 @@ def test_load_with_int8_detects_nearly_the_same(tmp_path):
     if torch.cuda.is_available():  # pragma: no cover
         with pytest.raises(ValueError, match="int8=True quantises for the CPU"):
             detkit.load(path, device="cuda", int8=True)
+
+
+def test_fast_quantises_every_method_with_fc_layers_but_rcnn():
+    from detkit.backbones.alexnet import alexnet_backbone
+    from detkit.compression import int8_in_fast
+    from detkit.methods.fast_rcnn import fast_rcnn
+    from detkit.methods.rcnn import RCNN
+    from detkit.methods.sppnet import SPPNet
+
+    assert int8_in_fast(_head_model()) and int8_in_fast(fast_rcnn(backbone=alexnet_backbone(width=0.125), num_classes=2))
+    assert int8_in_fast(SPPNet(backbone=alexnet_backbone(width=0.125), num_classes=2, scales=None))
+    assert not int8_in_fast(RCNN(backbone=alexnet_backbone(width=0.125), num_classes=2))  # measured slower
+    assert not int8_in_fast(nn.Sequential(nn.Conv2d(3, 4, 3)))  # nothing to quantise

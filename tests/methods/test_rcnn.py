@@ -40,6 +40,7 @@ def test_detections_are_valid(setup):
 
 def test_warp_uses_network_input_size(setup):
     model, batch, props = setup
+    model.regions_per_batch(torch.device("cpu"))  # the one-region memory probe, before counting passes
     seen = []
     trunk = model.backbone.trunk
     hook = trunk.register_forward_pre_hook(lambda m, args: seen.append(tuple(args[0].shape)))

@@ -235,6 +235,9 @@ def benchmark_detectors(models: dict[str, tuple[nn.Module, dict[str, list[str]]]
         autocast(torch.device("cpu"), p)  # validates precision
     device = next(next(iter(models.values()))[0].parameters()).device
     gen = torch.Generator().manual_seed(seed)
+    for m, _ in models.values():  # R-CNN measures its regions' memory once: not part of any timed call
+        if callable(getattr(m, "regions_per_batch", None)):
+            m.regions_per_batch(device)
 
     def inputs(n: int):
         batch = random_batch(n, h, w, device=device, generator=gen, channels_last=channels_last)
