@@ -1,4 +1,5 @@
-"""Training and test augmentation: the Fast R-CNN resize rule, horizontal flip, colour jitter.
+"""Training and test augmentation: a box-safe random crop, the Fast R-CNN resize rule, horizontal
+flip, colour jitter.
 
 Everything geometric goes through albumentations with ``BboxParams(format="pascal_voc")``, whose
 ``(x_min, y_min, x_max, y_max)`` pixel boxes are detkit's 0-based continuous xyxy (albumentations
@@ -176,15 +177,19 @@ def build_transforms(
     max_size: int = 1000,
     hflip_prob: float = 0.5,
     color_jitter: Mapping[str, float] | None = DEFAULT_COLOR_JITTER,
+    crop_prob: float = 0.0,
     min_box_size: float = 1.0,
     interpolation: int = cv2.INTER_LINEAR,
     seed: int | None = None,
 ) -> DetectionTransform:
     """The detkit augmentation pipeline.
 
-    Training: Fast R-CNN resize with ``s`` drawn from ``min_size`` -> horizontal flip with
-    probability ``hflip_prob`` -> colour jitter (``color_jitter`` keys: brightness, contrast,
-    saturation, hue, p; ``None`` turns it off). Test: resize with ``max(min_size)`` only.
+    Training: with probability ``crop_prob`` a random crop that keeps every box whole
+    (``A.BBoxSafeRandomCrop``: its sides lie anywhere between the boxes' union and the image
+    border) -> Fast R-CNN resize with ``s`` drawn from ``min_size`` (so a crop is also a zoom-in)
+    -> horizontal flip with probability ``hflip_prob`` -> colour jitter (``color_jitter`` keys:
+    brightness, contrast, saturation, hue, p; ``None`` turns it off). Test: resize with
+    ``max(min_size)`` only.
 
     Args:
         train: build the training pipeline (random scale, flip, jitter) or the test one.
@@ -192,6 +197,8 @@ def build_transforms(
         max_size: cap on the longer side.
         hflip_prob: probability of a horizontal flip (training only).
         color_jitter: ``A.ColorJitter`` factors plus ``p``; missing keys take the defaults.
+        crop_prob: probability of the box-safe random crop (training only; 0: never). No box is
+            cut, so labels and ``difficult`` flags stay true; an image without boxes keeps its size.
         min_box_size: boxes narrower or shorter than this many pixels after the resize are dropped
             (1.0 = "sub-pixel boxes are dropped").
         interpolation: OpenCV flag for the image resize.
@@ -201,11 +208,13 @@ def build_transforms(
     Returns:
         A ``DetectionTransform`` (see its docstring for the call signature and outputs).
     """
-    if not 0.0 <= hflip_prob <= 1.0:
-        raise ValueError(f"hflip_prob must be in [0, 1], got {hflip_prob}")
-    steps: list[A.BasicTransform] = [
-        FastRCNNResize(min_size=min_size, max_size=max_size, random=train, interpolation=interpolation)
-    ]
+    for name, prob in (("hflip_prob", hflip_prob), ("crop_prob", crop_prob)):
+        if not 0.0 <= prob <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], got {prob}")
+    steps: list[A.BasicTransform] = []
+    if train and crop_prob > 0:  # before the resize: the crop is then scaled to the training size
+        steps.append(A.BBoxSafeRandomCrop(erosion_rate=0.0, p=float(crop_prob)))
+    steps.append(FastRCNNResize(min_size=min_size, max_size=max_size, random=train, interpolation=interpolation))
     if train:
         if hflip_prob > 0:
             steps.append(A.HorizontalFlip(p=hflip_prob))

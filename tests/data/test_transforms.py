@@ -127,3 +127,37 @@ def test_mismatched_field_length_is_an_error():
     t = build_transforms(train=False)
     with pytest.raises(ValueError, match="labels"):
         t(_image(20, 20), np.zeros((2, 4), np.float32) + [0, 0, 5, 5], labels=np.zeros(3, np.int64))
+
+
+def test_box_safe_crop_keeps_every_box_and_zooms_in():
+    img = _image(300, 400)
+    boxes = np.array([[150, 100, 200, 160], [220, 140, 260, 200]], np.float32)
+    t = build_transforms(train=True, min_size=300, max_size=10_000, hflip_prob=0.0, color_jitter=None,
+                         crop_prob=1.0, seed=0)
+    union = np.array([150, 100, 260, 200], np.float32)
+    zoomed = 0
+    for _ in range(30):
+        out = _call(t, img, boxes)
+        np.testing.assert_array_equal(out["labels"], [0, 1])  # nothing cut, nothing dropped
+        (hr, wr) = out["size"]
+        assert min(hr, wr) == 300  # the crop is resized to the training scale
+        b = out["boxes"]
+        assert (b[:, :2] >= -1e-3).all() and (b[:, 2] <= wr + 1e-3).all() and (b[:, 3] <= hr + 1e-3).all()
+        # one zoom factor s for both boxes: sizes scale alike, the boxes keep their relative layout
+        s = (b[0, 2] - b[0, 0]) / 50
+        np.testing.assert_allclose(b[:, 2:] - b[:, :2], (boxes[:, 2:] - boxes[:, :2]) * s, rtol=2e-2)
+        np.testing.assert_allclose(b[1, :2] - b[0, :2], (boxes[1, :2] - boxes[0, :2]) * s, rtol=2e-2, atol=0.5)
+        assert s >= 1 - 1e-3 and s <= 300 / (union[3] - union[1]) + 1e-3  # never past the union's height
+        zoomed += s > 1.05
+    assert zoomed > 20  # a crop nearly every time
+    off = build_transforms(train=True, min_size=300, max_size=10_000, hflip_prob=0.0, color_jitter=None, seed=0)
+    assert _call(off, img, boxes)["size"] == (300, 400)  # crop_prob 0 (default): the whole image
+    test = build_transforms(train=False, min_size=300, max_size=10_000, crop_prob=1.0)
+    np.testing.assert_allclose(_call(test, img, boxes)["boxes"], boxes)  # never at test time
+    empty = _call(t, img, np.zeros((0, 4)))
+    assert empty["size"] == (300, 400) and empty["boxes"].shape == (0, 4)
+
+
+def test_crop_prob_must_be_a_probability():
+    with pytest.raises(ValueError, match="crop_prob"):
+        build_transforms(train=True, crop_prob=1.5)
