@@ -194,8 +194,10 @@ def to_markdown(result: dict[str, Any]) -> str:
     """The comparison as GitHub markdown: one row per side, then the settings that differ."""
     head = ("| detector | VOC07 mAP, mean ± sd (per seed) | VOC12 mAP | COCO AP | COCO AP50 | iterations "
             "| train img/s | test ms/img |")
-    lines = [f"{result['data']}, {result['budget_s']:g} s of training per run, seeds "
-             f"{', '.join(map(str, result['seeds']))}", "", head, "|---|---|---:|---:|---:|---:|---:|---:|"]
+    # "up to": a run also ends at solver.max_iters, which the shared overrides may set (see iterations)
+    lines = [f"{result['data']}, up to {result['budget_s']:g} s of training per run, seeds "
+             f"{', '.join(map(str, result['seeds']))}; every run: `{' '.join(result['overrides'])}`", "", head,
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
     for side in result["sides"]:
         s = result["summary"].get(side["name"])
         if s is None:

@@ -58,6 +58,8 @@ def test_finished_runs_are_read_not_trained_again(compared, monkeypatch):
 
 def test_table_lists_sides_and_what_differs(compared):
     text = ct.to_markdown(compared[3])
+    assert text.startswith("synthetic, up to 30 s of training per run, seeds 0, 1; every run: `data.root=")
+    assert "solver.max_iters=3`" in text.splitlines()[0]  # the shared overrides, which may end runs early
     assert "| detkit |" in text and "| align (`method.model.roi_pool_mode=align`) |" in text
     assert "| RoI background IoU band | [0.1, 0.5) | [0, 0.5) |" in text
 
