@@ -181,7 +181,8 @@ def load(checkpoint: str | os.PathLike, device: str | torch.device = "auto", ove
         amp: autocast at test time: ``"none"``, ``"bf16"``, ``"fp16"`` or ``"auto"``.
         batch_size: images per forward pass when given a list.
         fast: every test-time option detkit recommends for this device: bf16 autocast where it
-            is native (AVX512-BF16 / AMX CPUs, bf16 GPUs; ``amp`` is then ignored), batch norm
+            is faster (``amp="auto"``: bf16 GPUs; CPUs with AVX512-BF16 / AMX where a start-up timing
+            finds bf16 faster; ``amp`` is then ignored), batch norm
             folded into the convolutions, ``channels_last``, and on the CPU int8 fc layers
             (``int8``; not for R-CNN, where they measured slower) (docs/performance.md, "--fast").
         svd: ranks for a truncated SVD of the region head's fc layers (fc6, fc7), e.g. ``(1024, 256)``
@@ -201,7 +202,7 @@ def load(checkpoint: str | os.PathLike, device: str | torch.device = "auto", ove
     device = resolve_device(str(device))
     if fast:
         from detkit.compression import make_fast
-        from detkit.engine.evaluator import resolve_amp
+        from detkit.engine.precision import resolve_amp
 
         amp = resolve_amp("auto", device)
         make_fast(model)

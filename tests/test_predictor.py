@@ -135,7 +135,7 @@ def test_build_any_method_and_dotted_overrides():
 
 
 def test_load_fast_turns_on_the_recommended_options(tmp_path, voc):
-    from detkit.engine.evaluator import native_bf16
+    from detkit.engine.precision import resolve_amp
 
     conf = compose_run_config(["method=faster_rcnn", "backbone=alexnet", "backbone.width=0.125", "backbone.norm=bn",
                                "data.transforms.min_size=64", "data.transforms.max_size=96",
@@ -145,7 +145,7 @@ def test_load_fast_turns_on_the_recommended_options(tmp_path, voc):
     atomic_torch_save(make_state(model=build_model(conf, 4).eval(), iteration=0, config=conf,
                                  class_names=["circle", "cross", "square", "triangle"]), path)
     plain, fast = detkit.load(path, device="cpu"), detkit.load(path, device="cpu", fast=True)
-    assert fast.amp == ("bf16" if native_bf16(torch.device("cpu")) else "none") and plain.amp == "none"
+    assert fast.amp == resolve_amp("auto", torch.device("cpu")) and plain.amp == "none"
     conv = next(m for m in fast.model.modules() if isinstance(m, torch.nn.Conv2d))
     assert fast.model.channels_last and conv.weight.is_contiguous(memory_format=torch.channels_last)
     image = np.asarray(Image.open(voc[0].records[0].file_name).convert("RGB"))

@@ -268,14 +268,14 @@ def run(args: argparse.Namespace) -> dict:
                          "has one; one parameter group), torchvision with torch.optim.SGD's defaults, as its "
                          "reference scripts")
     if args.fast:
-        from detkit.engine.evaluator import native_bf16
+        from detkit.engine.precision import auto_choice
         # detkit only: torchvision stays float32 eager, as its users run it.
-        detkit_precision = "bf16" if native_bf16(device) else "fp32"
+        amp, why = auto_choice(device)
+        detkit_precision = "bf16" if amp == "bf16" else "fp32"
         common["precision"] = {"detkit": detkit_precision, "torchvision": args.precision}
         from detkit.compression import make_fast
         folded = make_fast(model, fold=args.mode == "infer")  # folding replaces the norms: inference only
-        notes.append(f"--fast: detkit in {detkit_precision} autocast"
-                     f"{' (native on this machine)' if detkit_precision == 'bf16' else ' (no native bf16 here)'}, "
+        notes.append(f"--fast: detkit in {'bf16 autocast' if amp == 'bf16' else 'fp32'} ({why}), "
                      f"channels_last, {len(folded)} batch norms folded into their convolutions"
                      f"{'' if args.mode == 'infer' else ' (folding is for --mode infer only)'}; "
                      f"torchvision {args.precision}, contiguous, as its users run it.")

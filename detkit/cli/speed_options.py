@@ -9,7 +9,8 @@ def add_speed_options(p: argparse.ArgumentParser, *, benchmark: bool = False) ->
     """Add ``--fast``, ``--svd RANK...`` and ``--int8`` to ``p`` (``benchmark``: detkit's side only)."""
     who = "detkit only; torchvision's twin is timed as built. " if benchmark else ""
     p.add_argument("--fast", action="store_true",
-                   help=f"{who}bf16 autocast where the CPU/GPU computes it natively (AVX512-BF16 / AMX), "
+                   help=f"{who}bf16 autocast where it is faster (a bf16 GPU; a CPU with AVX512-BF16 / AMX where a start-up "
+                        "timing finds bf16 faster), "
                         "channels_last, batch norm folded into the convolutions and, on the CPU, int8 fc layers (not R-CNN's)"
                         + (" (the last two with --mode infer)" if benchmark else " (detkit.load(fast=True))"))
     p.add_argument("--svd", type=int, nargs="+", default=None, metavar="RANK",

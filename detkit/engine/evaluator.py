@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from detkit.engine import distributed as ddp
+from detkit.engine.precision import autocast_context
 from detkit.utils.atomic import atomic_write_text
 
 Detections = dict[int, dict[str, np.ndarray]]
@@ -49,39 +50,6 @@ def proposal_kwargs(targets: list[dict[str, Any]], device: torch.device | None =
         return {}
     return {"proposals": [t["proposals"] if device is None else t["proposals"].to(device, non_blocking=True)
                           for t in targets]}
-
-
-AMP_CHOICES = ("none", "bf16", "fp16", "auto")
-
-
-def native_bf16(device: torch.device) -> bool:
-    """The device computes in bfloat16 natively: a CUDA GPU that supports it, or a CPU with
-    AVX512-BF16 / AMX (oneDNN's bf16 kernels; elsewhere bf16 is emulated and slower than fp32)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
-        try:
-            return bool(check()) if check is not None else False
-        except RuntimeError:
-            return False
-    return False
-
-
-def resolve_amp(amp: str, device: torch.device) -> str:
-    """``amp`` with ``"auto"`` made concrete: ``"bf16"`` where :func:`native_bf16`, else ``"none"``."""
-    if amp not in AMP_CHOICES:
-        raise ValueError(f"amp must be one of {', '.join(map(repr, AMP_CHOICES))}, got {amp!r}")
-    if amp == "auto":
-        return "bf16" if native_bf16(torch.device(device)) else "none"
-    return amp
-
-
-def autocast_context(device: torch.device, amp: str):
-    """``torch.autocast`` for ``amp`` in {"none", "bf16", "fp16", "auto"} (:func:`resolve_amp`)."""
-    amp = resolve_amp(amp, device)
-    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype, enabled=amp != "none")
 
 
 @torch.no_grad()

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from detkit.engine.evaluator import autocast_context, detection_entry
+from detkit.engine.evaluator import detection_entry
+from detkit.engine.precision import autocast_context
 
 
 def test_input(image: np.ndarray, transform, boxes: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:

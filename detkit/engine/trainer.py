@@ -45,7 +45,8 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from detkit.engine import distributed as ddp
 from detkit.engine.checkpoint import CheckpointManager, load_checkpoint, load_model_weights, make_state, restore_rng_state
-from detkit.engine.evaluator import autocast_context, predict, proposal_kwargs, resolve_amp, score_detections
+from detkit.engine.evaluator import predict, proposal_kwargs, score_detections
+from detkit.engine.precision import autocast_context, auto_choice, resolve_amp
 from detkit.engine.optim import build_optimizer, build_scheduler
 from detkit.engine.train_data import KeyedBatches, SeededSamples
 
@@ -77,7 +78,7 @@ class Trainer:
         schedule, milestones, gamma, warmup_iters, warmup_factor, min_lr_factor: the LR schedule.
         clip_grad_norm: clip the gradients' global L2 norm to this (``None``: no clipping).
         amp: ``"none"``, ``"bf16"``, ``"fp16"`` (with a ``GradScaler``) or ``"auto"`` (bf16 where
-            the device computes it natively: ``detkit.engine.evaluator.native_bf16``).
+            it is faster on this device: ``detkit.engine.precision.auto_choice``).
         channels_last: feed images in channels-last memory format (faster convs on GPUs).
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ...
         seed: data-order and augmentation seed.
@@ -116,8 +117,12 @@ class Trainer:
         if len(train_dataset) == 0:
             raise ValueError("the training set is empty")
         self.device = device if isinstance(device, torch.device) else ddp.resolve_device(device)
-        amp = resolve_amp(amp, self.device)  # "auto": bf16 where the device has it natively
+        if amp != "auto":
+            amp = resolve_amp(amp, self.device)  # a wrong name fails before any process group starts
         ddp.init_distributed(self.device)
+        if amp == "auto":  # bf16 where it is faster here; rank 0 decides for every process
+            amp, why = ddp.broadcast_object(auto_choice(self.device))
+            log.info("amp=auto -> %s (%s)", "bf16" if amp == "bf16" else "float32", why)
         self.run_dir = Path(run_dir)
         self.max_iters, self.batch_size, self.seed = int(max_iters), int(batch_size), int(seed)
         self.amp, self.channels_last, self.clip_grad_norm = amp, channels_last, clip_grad_norm

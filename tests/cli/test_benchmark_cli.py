@@ -146,7 +146,7 @@ def test_methods_bad_options_are_one_line_errors(capsys):
 
 
 def test_cli_fast_and_svd_apply_to_detkit_only(tmp_path, capsys):
-    from detkit.engine.evaluator import native_bf16
+    from detkit.engine.precision import resolve_amp
     import torch
 
     tool = load_tool("benchmark")
@@ -154,7 +154,7 @@ def test_cli_fast_and_svd_apply_to_detkit_only(tmp_path, capsys):
     assert tool.main(["--method", "faster_rcnn", *TINY, "--mode", "infer", "--compare", "torchvision",
                       "--roi-mode", "align", "--fast", "--svd", "32", "8", "--int8", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
-    expected = "bf16" if native_bf16(torch.device("cpu")) else "fp32"
+    expected = "bf16" if resolve_amp("auto", torch.device("cpu")) == "bf16" else "fp32"
     assert result["settings"]["precision_by_model"] == {"detkit": expected, "torchvision": "fp32"}
     notes = " ".join(result["notes"])
     assert f"--fast: detkit in {expected}" in notes and "channels_last" in notes

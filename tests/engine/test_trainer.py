@@ -340,3 +340,23 @@ def test_resume_keeps_this_machines_sgd_kernel_and_buffer_layout(voc, tmp_path):
         buf = resumed.optimizer.state[p]["momentum_buffer"]
         assert buf.stride() == p.stride() and torch.equal(buf, saved[i])
     assert resumed.fit(resume=True)["iteration"] == 4
+
+
+@pytest.mark.parametrize("bf16_s, expected", [(0.5, "bf16"), (1.5, "none")])
+def test_amp_auto_follows_this_cpus_timing_and_logs_why(voc, tmp_path, monkeypatch, caplog, bf16_s, expected):
+    """A CPU with bf16 kernels: ``amp="auto"`` trains in bf16 only where the timing found it faster."""
+    import logging
+
+    from detkit.engine import precision
+
+    monkeypatch.setattr(precision, "native_bf16", lambda device: True)
+    monkeypatch.setattr(precision, "time_cpu_bf16", lambda **kw: (1.0, bf16_s))
+    precision.cpu_bf16_speedup.cache_clear()
+    try:
+        with caplog.at_level(logging.INFO, logger="detkit.train"):
+            t = _trainer(voc, tmp_path, max_iters=1, amp="auto")
+    finally:
+        precision.cpu_bf16_speedup.cache_clear()
+    assert t.amp == expected
+    said = "bf16 (bf16 measured 2.00x faster" if expected == "bf16" else "float32 (bf16 measured 1.50x slower"
+    assert any(f"amp=auto -> {said}" in r.getMessage() for r in caplog.records)

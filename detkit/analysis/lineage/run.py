@@ -81,7 +81,7 @@ def evaluate_checkpoint(checkpoint: Path, conf: dict[str, Any], run_dir: Path, *
     from detkit.data.transforms import eval_transforms
     from detkit.engine.checkpoint import model_from_checkpoint
     from detkit.engine.distributed import resolve_device
-    from detkit.engine.evaluator import resolve_amp
+    from detkit.engine.precision import resolve_amp
     from detkit.engine.report import test_and_report
     from detkit.engine.setup import load_split, split_proposals
 
@@ -272,7 +272,7 @@ def _measure_and_report(out: Path, ready: list[str], *, ckpt_of: dict[str, Path]
     from detkit.data.transforms import eval_transforms
     from detkit.engine.checkpoint import load_checkpoint, model_from_checkpoint
     from detkit.engine.distributed import resolve_device
-    from detkit.engine.evaluator import resolve_amp
+    from detkit.engine.precision import resolve_amp
     from detkit.engine.setup import load_split
     from detkit.utils.provenance import run_facts
 

@@ -4,7 +4,7 @@ Each step keeps its predecessor's parts but one (the paper's one idea, :attr:`St
 run trains every step with the same data, backbone and evaluator under one training budget each:
 
 * with ``preset=cpu`` (the default; configs/preset/cpu.yaml: AlexNet-BN at half width, 480 px,
-  bf16 where native) the steps also get the small-CPU settings of
+  bf16 where it is faster) the steps also get the small-CPU settings of
   configs/experiments/cpu.yaml — R-CNN's and SPPNet's fine-tuning as a from-scratch SGD stage,
   SPPNet at one scale, OverFeat's three coarsest window scales — and R-CNN, SPPNet and Fast R-CNN
   take the same first ``proposals`` selective search boxes of each image (OpenCV's default search
