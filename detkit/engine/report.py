@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from detkit.engine import distributed as ddp
 from detkit.engine.evaluator import score_detections, timed_predict, write_json
+from detkit.engine.precision import resolve_amp
 from detkit.utils.provenance import run_facts
 
 
@@ -38,6 +39,7 @@ def test_and_report(model: torch.nn.Module, test_data, test_set, *, run_dir: str
         facts: the recipe's entries of ``metrics.json`` (iterations, seconds, ...).
     """
     run_dir = Path(run_dir)
+    amp = resolve_amp(amp, device)  # "auto" made concrete once: metrics.json records what the test used
     dets, timing = timed_predict(model, test_set, device=device,
                                  batch_size=int(test_cfg.get("batch_size", default_batch_size)),
                                  num_workers=int(test_cfg.get("num_workers", 0)), amp=amp,
@@ -51,7 +53,8 @@ def test_and_report(model: torch.nn.Module, test_data, test_set, *, run_dir: str
     write_json(run_dir / "metrics.json", {
         "data": test_data.name, "num_images": len(test_data), **facts,
         "test_seconds_per_image": timing["seconds_per_image"],
-        "test_model_seconds_per_image": timing["model_seconds_per_image"], **run_facts(device), **scores})
+        "test_model_seconds_per_image": timing["model_seconds_per_image"], "test_amp": amp,
+        **run_facts(device), **scores})
     tqdm.write(f"test mAP: VOC07 {scores['voc07']['mAP']}  VOC12 {scores['voc12']['mAP']}  "
                f"-> {run_dir / 'metrics.json'}")
     return scores

@@ -97,16 +97,22 @@ def evaluate_checkpoint(checkpoint: Path, conf: dict[str, Any], run_dir: Path, *
                                 **split_proposals(conf, test_data, "test"))
     device = resolve_device(str(conf.get("device", "auto")))
     facts: dict[str, Any] = {"checkpoint": str(checkpoint), "checkpoint_stamp": [str(checkpoint), *_stamp(Path(checkpoint))]}
+    amp = str(stored.get("amp", "none"))
     beside = Path(checkpoint).with_name("metrics.json")
     if beside.is_file():  # its own training run's facts (time, iterations), when it has them
         try:
-            facts.update({k: v for k, v in json.loads(beside.read_text()).items()
+            theirs = json.loads(beside.read_text())
+            facts.update({k: v for k, v in theirs.items()
                           if k in ("train_seconds", "iteration", "stages", "train_images_per_second")})
-        except (OSError, ValueError):
+            if theirs.get("test_amp") in ("none", "bf16", "fp16"):
+                # The precision its own test used ("auto" is decided by timing, which may differ
+                # from process to process): the same weights then give the same scores.
+                amp = theirs["test_amp"]
+        except (OSError, ValueError, AttributeError):
             pass
     run_dir.mkdir(parents=True, exist_ok=True)
     test_and_report(model.to(device), test_data, test_set, run_dir=run_dir, device=device, test_cfg=conf["test"],
-                    facts=facts, amp=resolve_amp(str(stored.get("amp", "none")), device), progress=progress)
+                    facts=facts, amp=resolve_amp(amp, device), progress=progress)
 
 
 def pick_images(data, count: int) -> list[int]:
