@@ -5,6 +5,7 @@ batch sampler. The state that makes a resumed run continue *exactly* is::
 
     iteration   steps done          epoch, position   sampler epoch and batches consumed in it
     model / optimizer / scheduler / GradScaler state  and the global RNG states
+    amp         the precision the run trains in (``amp="auto"`` decides once, at the run's start)
 
 Data order: epoch ``e``'s batches are a function of ``(seed, e)`` (``build_batch_sampler``); a
 resumed run rebuilds that list and drops the first ``position`` batches **without loading their
@@ -117,6 +118,7 @@ class Trainer:
         if len(train_dataset) == 0:
             raise ValueError("the training set is empty")
         self.device = device if isinstance(device, torch.device) else ddp.resolve_device(device)
+        self.amp_auto = amp == "auto"  # resume then keeps the precision the run started in
         if amp != "auto":
             amp = resolve_amp(amp, self.device)  # a wrong name fails before any process group starts
         ddp.init_distributed(self.device)
@@ -165,6 +167,7 @@ class Trainer:
                            optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler, config=self.config,
                            class_names=self.class_names, category_ids=self.category_ids, metrics=self.metrics)
         state["timing"] = {"train_seconds": float(self.train_seconds), "stopped_by": self.stopped_by()}
+        state["amp"] = self.amp
         return state
 
     def stopped_by(self) -> str | None:
@@ -235,6 +238,10 @@ class Trainer:
         self.iteration, self.epoch, self.position = int(ckpt["iteration"]), int(ckpt["epoch"]), int(ckpt["position"])
         self.metrics = dict(ckpt.get("metrics") or {})
         self.train_seconds = float((ckpt.get("timing") or {}).get("train_seconds", 0.0))
+        if self.amp_auto and ckpt.get("amp") in ("none", "bf16") and ckpt["amp"] != self.amp:
+            # amp=auto is timed in each process; a resumed run keeps the precision it started in.
+            log.info("amp=auto: %s continues in %s as it started", path, ckpt["amp"])
+            self.amp = ckpt["amp"]
         self._saved_at = self.iteration
         if "rng" in ckpt:
             restore_rng_state(ckpt["rng"])

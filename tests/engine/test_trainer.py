@@ -360,3 +360,25 @@ def test_amp_auto_follows_this_cpus_timing_and_logs_why(voc, tmp_path, monkeypat
     assert t.amp == expected
     said = "bf16 (bf16 measured 2.00x faster" if expected == "bf16" else "float32 (bf16 measured 1.50x slower"
     assert any(f"amp=auto -> {said}" in r.getMessage() for r in caplog.records)
+
+
+def test_amp_auto_resumes_in_the_precision_the_run_started_in(voc, tmp_path, monkeypatch):
+    """``amp="auto"`` is timed in each process; a resumed run must not switch precision midway."""
+    from detkit.engine import precision
+
+    monkeypatch.setattr(precision, "native_bf16", lambda device: True)
+    monkeypatch.setattr(precision, "time_cpu_bf16", lambda **kw: (1.0, 0.5))  # the first process: bf16 faster
+    precision.cpu_bf16_speedup.cache_clear()
+    first = _trainer(voc, tmp_path, max_iters=4, amp="auto", checkpoint_every=2)
+    first.fit()
+    assert first.amp == "bf16" and load_checkpoint(tmp_path / "last.pt")["amp"] == "bf16"
+    monkeypatch.setattr(precision, "time_cpu_bf16", lambda **kw: (1.0, 2.0))  # the second: slower
+    precision.cpu_bf16_speedup.cache_clear()
+    again = _trainer(voc, tmp_path, max_iters=6, amp="auto")
+    precision.cpu_bf16_speedup.cache_clear()
+    assert again.amp == "none"  # what this process alone would choose
+    again.fit(resume=True)
+    assert again.iteration == 6 and again.amp == "bf16"
+    explicit = _trainer(voc, tmp_path / "x", max_iters=6, amp="none")
+    explicit.load(tmp_path / "last.pt")
+    assert explicit.amp == "none"  # an explicit choice is kept
