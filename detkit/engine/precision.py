@@ -5,7 +5,7 @@ it is faster: on a GPU, where the GPU supports bf16; on a CPU, where oneDNN has 
 (AVX512-BF16 or AMX) **and** a short timing on this machine finds bf16 faster. The flag alone is
 not enough: on an AMD EPYC with AVX512-BF16 bf16 steps are about 1.8x faster than float32, on an
 Intel Xeon virtual machine with AVX512-BF16 but no AMX they are 1.5x slower. The timing (one
-training step of a small conv net in each precision, about half a second) runs once per process
+training step of a small conv net in each precision, about one second) runs once per process
 and thread count.
 """
 from __future__ import annotations
