@@ -122,8 +122,8 @@ class Trainer:
         if amp != "auto":
             amp = resolve_amp(amp, self.device)  # a wrong name fails before any process group starts
         ddp.init_distributed(self.device)
-        if amp == "auto":  # bf16 where it is faster here; rank 0 decides for every process
-            amp, why = ddp.broadcast_object(auto_choice(self.device))
+        if amp == "auto":  # bf16 where it is faster here; rank 0 alone times it and decides for all
+            amp, why = ddp.broadcast_object(auto_choice(self.device) if ddp.is_main() else None)
             log.info("amp=auto -> %s (%s)", "bf16" if amp == "bf16" else "float32", why)
         self.run_dir = Path(run_dir)
         self.max_iters, self.batch_size, self.seed = int(max_iters), int(batch_size), int(seed)
