@@ -75,6 +75,24 @@ def build_optimizer(
                            fused=fused or None)
 
 
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """``optimizer.load_state_dict(state)`` that keeps this optimizer's kernel choice.
+
+    ``load_state_dict`` replaces each parameter group's settings with the saved ones, but the
+    kernel (``fused`` / ``foreach``) belongs to this machine and this torch, not to the checkpoint;
+    and the fused kernel assumes each momentum buffer has its parameter's memory layout (a run
+    saved contiguous and resumed ``channels_last`` would not).
+    """
+    kernels = [{k: g.get(k) for k in ("fused", "foreach")} for g in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, kernel in zip(optimizer.param_groups, kernels):
+        group.update(kernel)
+        for p in group["params"]:
+            buf = optimizer.state.get(p, {}).get("momentum_buffer")
+            if buf is not None and buf.stride() != p.stride():
+                optimizer.state[p]["momentum_buffer"] = torch.empty_like(p).copy_(buf)
+
+
 class WarmupSchedule:
     """The multiplier ``f(t)`` of the module docstring; a picklable callable for ``LambdaLR``.
 

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 AMP_CHOICES = ("none", "bf16", "fp16", "auto")
+CONCRETE_AMP = ("none", "bf16", "fp16")  # what a run trains and tests in ("auto" becomes one of these)
 BF16_MIN_SPEEDUP = 1.1  # bf16 rounds activations: take it only where it clearly pays
 
 log = logging.getLogger("detkit.precision")

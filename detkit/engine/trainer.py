@@ -47,8 +47,8 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from detkit.engine import distributed as ddp
 from detkit.engine.checkpoint import CheckpointManager, load_checkpoint, load_model_weights, make_state, restore_rng_state
 from detkit.engine.evaluator import predict, proposal_kwargs, score_detections
-from detkit.engine.precision import autocast_context, auto_choice, resolve_amp
-from detkit.engine.optim import build_optimizer, build_scheduler
+from detkit.engine.precision import CONCRETE_AMP, autocast_context, auto_choice, resolve_amp
+from detkit.engine.optim import build_optimizer, build_scheduler, load_optimizer_state
 from detkit.engine.train_data import KeyedBatches, SeededSamples
 
 log = logging.getLogger("detkit.train")
@@ -223,22 +223,15 @@ class Trainer:
         """Restore everything ``state()`` holds (module docstring)."""
         ckpt = load_checkpoint(path)
         load_model_weights(self.net, ckpt["model"], source=str(path))
-        # load_state_dict replaces each param group's settings with the saved ones; the kernel
-        # choice (fused / foreach) belongs to this machine and this torch, not to the checkpoint.
-        kernels = [{k: g.get(k) for k in ("fused", "foreach")} for g in self.optimizer.param_groups]
-        for name, obj in (("optimizer", self.optimizer), ("scheduler", self.scheduler), ("scaler", self.scaler)):
+        if ckpt.get("optimizer") is not None:
+            load_optimizer_state(self.optimizer, ckpt["optimizer"])
+        for name, obj in (("scheduler", self.scheduler), ("scaler", self.scaler)):
             if ckpt.get(name) is not None:
                 obj.load_state_dict(ckpt[name])
-        for group, kernel in zip(self.optimizer.param_groups, kernels):
-            group.update(kernel)
-            for p in group["params"]:  # the fused kernel assumes the buffer has its parameter's layout
-                buf = self.optimizer.state.get(p, {}).get("momentum_buffer")
-                if buf is not None and buf.stride() != p.stride():
-                    self.optimizer.state[p]["momentum_buffer"] = torch.empty_like(p).copy_(buf)
         self.iteration, self.epoch, self.position = int(ckpt["iteration"]), int(ckpt["epoch"]), int(ckpt["position"])
         self.metrics = dict(ckpt.get("metrics") or {})
         self.train_seconds = float((ckpt.get("timing") or {}).get("train_seconds", 0.0))
-        if self.amp_auto and ckpt.get("amp") in ("none", "bf16") and ckpt["amp"] != self.amp:
+        if self.amp_auto and ckpt.get("amp") in CONCRETE_AMP and ckpt["amp"] != self.amp:
             # amp=auto is timed in each process; a resumed run keeps the precision it started in.
             log.info("amp=auto: %s continues in %s as it started", path, ckpt["amp"])
             self.amp = ckpt["amp"]

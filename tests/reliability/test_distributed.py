@@ -68,17 +68,22 @@ def test_faster_rcnn_under_torchrun_writes_one_set_of_outputs(tmp_path):
     run_dir = tmp_path / "run"
     r = run([TORCHRUN, "--standalone", "--nproc_per_node=2", "tools/train.py", f"run_dir={run_dir}",
              f"data.root={data}", *TINY, "solver.batch_size=1", "solver.max_iters=2", "checkpoint_every=1",
-             "tensorboard=true", "resume=true"])
+             "tensorboard=true", "resume=true", "amp=auto"])
     assert r.returncode == 0, r.stderr[-4000:]
     files = _files(run_dir)
     assert files.count("last.pt") == 1 and [f for f in files if f.startswith(".hydra/")] == [
         ".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml"], files
     assert len([f for f in files if f.startswith("tb/events")]) == 1, files
     assert not [f for f in files if f.endswith(".tmp")], files
-    assert torch.load(run_dir / "last.pt", weights_only=True)["iteration"] == 2
+    ckpt = torch.load(run_dir / "last.pt", weights_only=True)
+    assert ckpt["iteration"] == 2
     # every rank logs "resume requested but ... starting from scratch"; only rank 0's reaches train.log
     log = (run_dir / "train.log").read_text()
     assert log.count("starting from scratch") == 1, log
+    # amp=auto: rank 0 decides (timing bf16 where the CPU has it) and both ranks train in its choice
+    assert log.count("amp=auto -> ") == 1, log
+    chosen = "bf16" if "amp=auto -> bf16" in log else "none"
+    assert ckpt["amp"] == chosen
 
 
 def test_nonzero_ranks_do_not_write_hydra_files(monkeypatch):

@@ -81,7 +81,7 @@ def evaluate_checkpoint(checkpoint: Path, conf: dict[str, Any], run_dir: Path, *
     from detkit.data.transforms import eval_transforms
     from detkit.engine.checkpoint import model_from_checkpoint
     from detkit.engine.distributed import resolve_device
-    from detkit.engine.precision import resolve_amp
+    from detkit.engine.precision import CONCRETE_AMP, resolve_amp
     from detkit.engine.report import test_and_report
     from detkit.engine.setup import load_split, split_proposals
 
@@ -104,7 +104,7 @@ def evaluate_checkpoint(checkpoint: Path, conf: dict[str, Any], run_dir: Path, *
             theirs = json.loads(beside.read_text())
             facts.update({k: v for k, v in theirs.items()
                           if k in ("train_seconds", "iteration", "stages", "train_images_per_second")})
-            if theirs.get("test_amp") in ("none", "bf16", "fp16"):
+            if theirs.get("test_amp") in CONCRETE_AMP:
                 # The precision its own test used ("auto" is decided by timing, which may differ
                 # from process to process): the same weights then give the same scores.
                 amp = theirs["test_amp"]
