@@ -2,9 +2,10 @@
 import math
 
 import pytest
+import torch
 from torch import nn
 
-from detkit.engine.optim import WarmupSchedule, build_optimizer, build_scheduler, param_groups
+from detkit.engine.optim import WarmupSchedule, build_optimizer, build_scheduler, load_optimizer_state, param_groups
 
 
 def _lrs(sched, opt, n):
@@ -91,3 +92,20 @@ def test_fused_sgd_on_the_cpu_matches_the_per_tensor_update():
     for a, b in zip(model.parameters(), twin.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
     assert not torch.equal(model[0].weight, start[0].weight)  # the steps did move the weights
+
+
+def test_loading_a_state_keeps_this_optimizers_kernel_and_the_parameters_layout():
+    torch.manual_seed(0)
+    saved_model = nn.Conv2d(3, 4, 3)
+    saved = build_optimizer(saved_model, lr=0.1, fused=False)  # saved by a run on the per-tensor kernel
+    saved_model(torch.randn(1, 3, 5, 5)).sum().backward()
+    saved.step()
+    model = nn.Conv2d(3, 4, 3).to(memory_format=torch.channels_last)  # resumed channels_last, fused
+    opt = build_optimizer(model, lr=0.1, fused=True)
+    load_optimizer_state(opt, saved.state_dict())
+    assert opt.param_groups[0]["fused"] is True  # a plain load_state_dict would take the saved False
+    for p, q in zip(model.parameters(), saved_model.parameters()):
+        buf = opt.state[p]["momentum_buffer"]
+        assert buf.stride() == p.stride() and torch.equal(buf, saved.state[q]["momentum_buffer"])
+    model(torch.randn(1, 3, 5, 5)).sum().backward()
+    opt.step()  # the fused kernel accepts the restored buffers
