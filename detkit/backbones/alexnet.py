@@ -35,20 +35,12 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from detkit.backbones.base import Backbone
+from detkit.backbones.lrn import lrn_layer
 from detkit.backbones.norm import check_norm, freeze_stages, make_norm, scale_width
 from detkit.backbones.weights import build_with_weights
 
 __all__ = ["ConvSpec", "AlexNetLike", "build_alexnet_backbone", "lrn_layer", "alexnet",
            "alexnet_backbone", "alexnet_tv", "alexnet_tv_backbone"]
-
-# Paper's LRN: b = a / (k + alpha * sum_{n neighbours} a^2)^beta with k=2, n=5, alpha=1e-4,
-# beta=0.75. PyTorch divides alpha by n, so alpha=n*1e-4 gives the paper's formula.
-LRN_SIZE, LRN_ALPHA, LRN_BETA, LRN_K = 5, 1e-4, 0.75, 2.0
-
-
-def lrn_layer() -> nn.LocalResponseNorm:
-    """The paper's local response normalisation across 5 adjacent feature maps."""
-    return nn.LocalResponseNorm(LRN_SIZE, alpha=LRN_SIZE * LRN_ALPHA, beta=LRN_BETA, k=LRN_K)
 
 
 @dataclass(frozen=True)

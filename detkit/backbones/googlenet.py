@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.googlenet import GoogLeNetOutputs
 
-from detkit.backbones.alexnet import lrn_layer
+from detkit.backbones.lrn import lrn_layer
 from detkit.backbones.base import IMAGENET_MEAN, IMAGENET_STD, Backbone
 from detkit.backbones.norm import check_norm, freeze_stages, make_norm, scale_width
 from detkit.backbones.weights import build_with_weights

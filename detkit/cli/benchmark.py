@@ -26,6 +26,7 @@ from pathlib import Path
 
 
 import torch
+from torch import nn
 
 from detkit.engine.config import CONFIG_DIR
 from detkit.cli.speed_options import add_speed_options
@@ -264,6 +265,9 @@ def run(args: argparse.Namespace) -> dict:
                          "Rerun with --roi-mode align for the like-for-like comparison.")
         notes.append("torchvision's background RoIs are IoU in [0, 0.5); detkit's lower bound is "
                      f"{model.roi_head.matcher.thresholds[0]} (cannot be set in torchvision).")
+        if any(isinstance(m, nn.LocalResponseNorm) for m in model.backbone.trunk.modules()):
+            notes.append("local response normalisation: torchvision's trunk uses torch.nn.LocalResponseNorm, "
+                         "detkit's the same function summed by a 1x1 convolution (detkit.backbones.lrn)")
         if args.mode in ("train", "both"):
             notes.append("training steps: detkit's SGD built as its trainer builds it (fused kernel where PyTorch "
                          "has one; one parameter group), torchvision with torch.optim.SGD's defaults, as its "

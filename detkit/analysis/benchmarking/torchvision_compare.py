@@ -4,7 +4,9 @@
 into ``torchvision.models.detection.FasterRCNN``:
 
 * **trunk**: a copy of ``backbone.trunk`` (same layers and weights), wrapped to carry
-  ``out_channels`` (torchvision's backbone contract);
+  ``out_channels`` (torchvision's backbone contract), with torch's own layers where detkit has a
+  faster equal one (local response normalisation: ``torch.nn.LocalResponseNorm``, as a torchvision
+  user builds an AlexNet-style trunk; :func:`torch_trunk`);
 * **RPN**: torchvision's ``AnchorGenerator`` with detkit's sizes and ratios (one feature map),
   a torchvision ``RPNHead`` whose 3x3 conv has detkit's width, with detkit's weights copied in
   (anchor channels reordered: detkit orders size-major, torchvision ratio-major); the same
@@ -41,6 +43,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign
 
 from detkit.analysis.benchmarking.benchmark import BenchmarkError
+from detkit.backbones.lrn import LocalResponseNorm
 from detkit.data.batch import ImageBatch
 
 # Phase -> dotted paths on a TorchvisionDetector (see detkit.analysis.benchmarking.benchmark.PhaseTimer).
@@ -65,6 +68,19 @@ class _Trunk(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.body(x)
+
+
+def torch_trunk(trunk: nn.Module) -> nn.Module:
+    """A copy of ``trunk`` with each of detkit's LRN layers (:mod:`detkit.backbones.lrn`) swapped
+    for ``torch.nn.LocalResponseNorm`` with the same arguments: the same function, computed the way
+    torch computes it."""
+    trunk = copy.deepcopy(trunk)
+    for name, module in list(trunk.named_modules()):
+        if isinstance(module, LocalResponseNorm):
+            parent, _, leaf = name.rpartition(".")
+            setattr(trunk.get_submodule(parent) if parent else trunk, leaf,
+                    nn.LocalResponseNorm(module.size, alpha=module.alpha, beta=module.beta, k=module.k))
+    return trunk
 
 
 class _FlatHead(nn.Module):
@@ -166,7 +182,7 @@ def build_torchvision_twin(detector: nn.Module, input_hw: tuple[int, int]) -> To
     roi = head.roi_pool
     device = detector.pixel_mean.device
     model = TVFasterRCNN(
-        _Trunk(copy.deepcopy(bb.trunk), bb.out_channels), num_classes=None,
+        _Trunk(torch_trunk(bb.trunk), bb.out_channels), num_classes=None,
         min_size=min(h, w), max_size=max(h, w),  # scale factor exactly 1: no resizing
         image_mean=list(bb.pixel_mean), image_std=list(bb.pixel_std),
         rpn_anchor_generator=TVAnchorGenerator(sizes=(tuple(gen.sizes),), aspect_ratios=(tuple(gen.aspect_ratios),)),
@@ -270,7 +286,7 @@ def build_training_twin(detector: nn.Module, settings: Mapping[str, Any] | None 
     anchors = TVAnchorGenerator(sizes=(tuple(s["anchor_sizes"]),), aspect_ratios=(tuple(s["anchor_ratios"]),))
     kwargs = {k: v for k, v in s.items() if k not in _TWIN_EXTRA_KEYS}
     model = TVFasterRCNN(
-        _Trunk(copy.deepcopy(bb.trunk), bb.out_channels), num_classes=None,
+        _Trunk(torch_trunk(bb.trunk), bb.out_channels), num_classes=None,
         rpn_anchor_generator=anchors,
         rpn_head=TVRPNHead(bb.out_channels, anchors.num_anchors_per_location()[0]),
         box_roi_pool=MultiScaleRoIAlign(featmap_names=["0"], output_size=bb.roi_size,

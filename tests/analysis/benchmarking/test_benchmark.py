@@ -18,6 +18,7 @@ from detkit.analysis.benchmarking.benchmark import (
 from detkit.analysis.benchmarking.torchvision_compare import (
     TORCHVISION_PHASES, _anchor_permutation, build_torchvision_twin, ratios)
 from detkit.backbones.alexnet import alexnet_backbone
+from detkit.backbones.lrn import LocalResponseNorm
 from detkit.methods.fast_rcnn import fast_rcnn
 from detkit.methods.faster_rcnn import faster_rcnn
 from tests.analysis.benchmarking._fake_clock import FakeClock
@@ -151,6 +152,10 @@ def test_twin_computes_the_same_trunk_rpn_and_predictor(tiny_faster):
     assert tv_images.image_sizes == [HW]  # no resizing
     theirs = twin.model.backbone(tv_images.tensors)
     torch.testing.assert_close(theirs, ours, atol=1e-4, rtol=1e-4)
+    # the same LRN function, computed by torch's own layer on torchvision's side
+    lrns = [type(m) for m in twin.model.backbone.modules() if isinstance(m, nn.LocalResponseNorm)]
+    assert lrns and set(lrns) == {nn.LocalResponseNorm}
+    assert all(type(m) is LocalResponseNorm for m in model.backbone.trunk.modules() if isinstance(m, nn.LocalResponseNorm))
 
     logits, deltas = model.rpn.head(ours)  # (1, T), (1, T, 4) detkit anchor order
     tv_logits, tv_deltas = twin.model.rpn.head([ours])
