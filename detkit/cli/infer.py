@@ -149,7 +149,7 @@ def _images(predictor, paths: list[Path], out_dir: Path, args) -> dict:
             skipped += bad
             if items:
                 outputs = detect(predictor.model, [im for _, im in items], predictor.transform,
-                                 device=predictor.device)
+                                 device=predictor.device, amp=predictor.amp)
                 for (i, image), det in zip(items, outputs):
                     keep = det["scores"] >= args.score_threshold
                     order = np.argsort(-det["scores"][keep], kind="stable")[: args.max_detections]

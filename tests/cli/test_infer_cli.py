@@ -66,3 +66,30 @@ def test_override_changes_test_time_settings(tmp_path, capsys):
     assert "no section 'methd'" in capsys.readouterr().err
     assert main([*common, "--out", str(tmp_path / "bad"), "--set", "method.model.box_detections_per_im=1"]) == 2
     assert "box_detections_per_im" in capsys.readouterr().err
+
+
+def test_images_run_under_the_predictors_autocast(tmp_path, monkeypatch):
+    """--fast (or --amp) picks the predictor's precision; the image path must run under it."""
+    import detkit.engine.inference as inference
+    from detkit import predictor as predictor_module
+
+    ckpt = _checkpoint(tmp_path)
+    images = tmp_path / "in"
+    images.mkdir()
+    Image.fromarray(np.zeros((64, 96, 3), np.uint8)).save(images / "im0.png")
+    real_load, real_detect, seen = predictor_module.load, inference.detect, []
+
+    def load_bf16(*args, **kwargs):
+        p = real_load(*args, **kwargs)
+        p.amp = "bf16"
+        return p
+
+    def recording_detect(*args, **kwargs):
+        seen.append(kwargs.get("amp", "none"))
+        return real_detect(*args, **kwargs)
+
+    monkeypatch.setattr(predictor_module, "load", load_bf16)
+    monkeypatch.setattr(inference, "detect", recording_detect)
+    assert load_tool("infer").main(["--checkpoint", str(ckpt), str(images), "--device", "cpu",
+                                    "--out", str(tmp_path / "out")]) == 0
+    assert seen == ["bf16"]
