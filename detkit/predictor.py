@@ -145,6 +145,27 @@ class Predictor:
                                       self.class_names, self.category_ids))
         return out[0] if single else out
 
+    def quantize_trunk(self, images: Sequence) -> int:
+        """int8 static quantisation of the trunk (CPU only), calibrated on ``images``: a handful
+        (8-32) of the kind this predictor will see, as :meth:`__call__` takes them. Each is
+        resized with this predictor's test transform. Returns the number of int8 convolutions
+        (``detkit.compression.quantize_trunk``; docs/performance.md measures its cost).
+
+        Raises:
+            ValueError: not on the CPU, no images, or a trunk torch.fx cannot trace.
+        """
+        from detkit.compression.int8_trunk import quantize_trunk
+        from detkit.data.batch import ImageBatch
+        from detkit.engine.inference import test_input
+
+        if self.device.type != "cpu":
+            raise ValueError(f"Predictor.quantize_trunk: int8 static quantisation runs on the CPU; "
+                             f"device is {self.device}")
+        with torch.no_grad():
+            batches = [ImageBatch.from_images([test_input(as_rgb_array(im), self.transform)[0]]) for im in images]
+            inputs = [self.model.preprocess(batch)[0] for batch in batches]
+        return quantize_trunk(self.model, inputs)
+
     def export(self, path: str | os.PathLike, format: str = "onnx", *, verify: bool = True,
                images: Sequence | None = None, benchmark: bool = False,
                threads: int | None = None) -> dict[str, Any]:
@@ -170,7 +191,7 @@ class Predictor:
 
 def load(checkpoint: str | os.PathLike, device: str | torch.device = "auto", overrides: Sequence[str] = (),
          *, amp: str = "none", batch_size: int = 4, svd: Sequence[int] | None = None,
-         fast: bool = False, int8: bool = False) -> Predictor:
+         fast: bool = False, int8: bool = False, int8_trunk: Sequence | None = None) -> Predictor:
     """A :class:`Predictor` for a detkit checkpoint (``run_dir/last.pt``) of any method.
 
     Args:
@@ -190,6 +211,9 @@ def load(checkpoint: str | os.PathLike, device: str | torch.device = "auto", ove
             accuracy (``detkit.compression``; docs/performance.md measures it).
         int8: int8 dynamic quantisation of the fc layers (region head and box predictor), CPU only
             (``detkit.compression.quantize_linear_layers``; docs/performance.md measures it).
+        int8_trunk: images to calibrate an int8 static quantisation of the trunk on, CPU only
+            (:meth:`Predictor.quantize_trunk`): 8-32 of the kind the predictor will see. Not part
+            of ``fast``, which needs no images.
 
     Raises:
         detkit.engine.checkpoint.CheckpointError: the file is missing, corrupt, not a detkit
@@ -217,5 +241,10 @@ def load(checkpoint: str | os.PathLike, device: str | torch.device = "auto", ove
 
         if int8 or int8_in_fast(model):  # after the SVD: its factors are quantised too
             quantize_linear_layers(model)
-    return Predictor(model, ckpt["config"], ckpt["class_names"], category_ids=ckpt.get("category_ids"),
-                     device=device, amp=amp, batch_size=batch_size)
+    if int8_trunk is not None and device.type != "cpu":
+        raise ValueError(f"detkit.load: int8_trunk quantises for the CPU; device is {device} (use device='cpu')")
+    predictor = Predictor(model, ckpt["config"], ckpt["class_names"], category_ids=ckpt.get("category_ids"),
+                          device=device, amp=amp, batch_size=batch_size)
+    if int8_trunk is not None:
+        predictor.quantize_trunk(int8_trunk)
+    return predictor

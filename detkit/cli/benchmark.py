@@ -160,9 +160,9 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
         if args.compare is not None:
             raise BenchmarkError("--compare torchvision needs a single Faster R-CNN (--method faster_rcnn), "
                                  "not --methods")
-        if args.fast or args.svd or args.int8:
-            raise BenchmarkError("--fast, --svd and --int8 apply to one detector against torchvision: use --method, "
-                                 "not --methods")
+        if args.fast or args.svd or args.int8 or args.int8_trunk is not None:
+            raise BenchmarkError("--fast, --svd, --int8 and --int8-trunk apply to one detector against torchvision: "
+                                 "use --method, not --methods")
         if len(set(args.methods)) != len(args.methods):
             raise BenchmarkError(f"--methods lists a method twice: {args.methods}")
         args.mode, args.batch = "infer", args.batch or 1
@@ -308,6 +308,8 @@ def run(args: argparse.Namespace) -> dict:
         except (ValueError, RuntimeError) as e:
             raise BenchmarkError(f"--int8: {e}") from None
         notes.append(f"detkit's fc layers in int8 (dynamic quantisation): {', '.join(names)}")
+    if args.int8_trunk is not None:
+        notes.append(_quantize_trunk(model, args, input_hw, device))
     if args.compile is not None:
         from detkit.engine.compile import compile_model, compiled_modules
         # After the twin is built: torchvision's model is timed as its users run it, uncompiled.
@@ -335,6 +337,26 @@ def run(args: argparse.Namespace) -> dict:
         "notes": notes,
     }
     return out
+
+
+def _quantize_trunk(model, args: argparse.Namespace, input_hw: tuple[int, int], device: torch.device) -> str:
+    """``--int8-trunk N``: detkit's trunk in int8, calibrated on N random images (after the twin is
+    built: torchvision keeps its float trunk). Returns the note for the table."""
+    from detkit.analysis.benchmarking.benchmark import random_batch
+    from detkit.compression.int8_trunk import quantize_trunk
+
+    if args.mode != "infer" or device.type != "cpu":
+        raise BenchmarkError("--int8-trunk is a test-time quantisation for the CPU: use it with --mode infer "
+                             "--device cpu")
+    if args.int8_trunk < 1:
+        raise BenchmarkError(f"--int8-trunk: N must be at least 1, got {args.int8_trunk}")
+    gen = torch.Generator().manual_seed(args.seed + 1)
+    with torch.no_grad():
+        inputs = [model.preprocess(random_batch(1, *input_hw, device=device, generator=gen))[0]
+                  for _ in range(args.int8_trunk)]
+    convs = quantize_trunk(model, inputs)
+    return (f"detkit's trunk in int8 (static quantisation): {convs} convolutions, calibrated on "
+            f"{args.int8_trunk} random image(s); torchvision's trunk float32")
 
 
 def main(argv: list[str] | None = None) -> int:

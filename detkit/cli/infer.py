@@ -2,7 +2,7 @@
 
     detkit infer --checkpoint outputs/bccd-faster_rcnn-vgg16/last.pt img.jpg photos/ "shots/*.png" \\
         --out outputs/infer [--score-threshold 0.5] [--max-detections 100] [--device auto] [--batch-size 4] \\
-        [--compile] [--fast] [--svd 1024 256] [--int8] [--set method.model.merge=nms ...]
+        [--compile] [--fast] [--svd 1024 256] [--int8] [--int8-trunk 16] [--set method.model.merge=nms ...]
     detkit infer --checkpoint RUN/last.pt clip.mp4 --out outputs/video [--stride 2]   # a video
     detkit infer --checkpoint RUN/last.pt --source 0 --out outputs/camera              # camera 0, until Ctrl-C
 
@@ -116,6 +116,8 @@ def run(args: argparse.Namespace) -> dict:
                 raise InferError(f"--{flag}: {e}") from None
         raise
     paths, videos = collect_inputs(args.inputs) if args.inputs else ([], [])
+    if args.int8_trunk is not None:
+        _quantize_trunk(predictor, paths, args.int8_trunk)
     if args.compile:
         from detkit.engine.compile import compile_model
 
@@ -131,6 +133,26 @@ def run(args: argparse.Namespace) -> dict:
     print(f"{result['images']} image(s), {result['detections']} detection(s), {len(result['videos'])} video(s) "
           f"-> {out_dir}" + (f"; skipped {len(skipped)} unreadable: {', '.join(map(str, skipped))}" if skipped else ""))
     return result
+
+
+def _quantize_trunk(predictor, paths: list[Path], n: int) -> None:
+    """``--int8-trunk N``: calibrate the int8 trunk on the first ``n`` readable input images."""
+    if n < 1:
+        raise InferError(f"--int8-trunk: N must be at least 1, got {n}")
+    if predictor.device.type != "cpu":
+        raise InferError(f"--int8-trunk quantises for the CPU; the device is {predictor.device} (use --device cpu)")
+    images = []
+    for i, path in enumerate(paths):
+        if len(images) == n:
+            break
+        images += [im for _, im in _read([(i, path)])[0]]
+    if not images:
+        raise InferError("--int8-trunk calibrates on the input images; none could be read")
+    try:
+        convs = predictor.quantize_trunk(images)
+    except ValueError as e:
+        raise InferError(f"--int8-trunk: {e}") from None
+    print(f"--int8-trunk: {convs} convolutions in int8, calibrated on {len(images)} image(s)")
 
 
 def _images(predictor, paths: list[Path], out_dir: Path, args) -> dict:

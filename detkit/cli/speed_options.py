@@ -1,12 +1,13 @@
 """The test-time speed options ``detkit infer`` and ``detkit benchmark`` share: ``--fast``,
-``--svd`` and ``--int8`` (detkit.compression; docs/performance.md measures each)."""
+``--svd``, ``--int8`` and ``--int8-trunk`` (detkit.compression; docs/performance.md measures each)."""
 from __future__ import annotations
 
 import argparse
 
 
 def add_speed_options(p: argparse.ArgumentParser, *, benchmark: bool = False) -> None:
-    """Add ``--fast``, ``--svd RANK...`` and ``--int8`` to ``p`` (``benchmark``: detkit's side only)."""
+    """Add ``--fast``, ``--svd RANK...``, ``--int8`` and ``--int8-trunk N`` to ``p`` (``benchmark``:
+    detkit's side only)."""
     who = "detkit only; torchvision's twin is timed as built. " if benchmark else ""
     p.add_argument("--fast", action="store_true",
                    help=f"{who}bf16 autocast where it is faster (a bf16 GPU; a CPU with AVX512-BF16 / AMX where a start-up "
@@ -19,3 +20,8 @@ def add_speed_options(p: argparse.ArgumentParser, *, benchmark: bool = False) ->
     p.add_argument("--int8", action="store_true",
                    help=f"{who}int8 dynamic quantisation of the fc layers (region head, box predictor); CPU only; "
                         "part of --fast on the CPU")
+    calibration = ("N random images of the input size (the timing does not depend on them)" if benchmark
+                   else "the first N input images")
+    p.add_argument("--int8-trunk", type=int, default=None, metavar="N",
+                   help=f"{who}int8 static quantisation of the trunk's convolutions, calibrated on {calibration}; "
+                        "CPU only, not part of --fast (it needs images); e.g. --int8-trunk 16")
