@@ -158,9 +158,6 @@ class Predictor:
         from detkit.data.batch import ImageBatch
         from detkit.engine.inference import test_input
 
-        if self.device.type != "cpu":
-            raise ValueError(f"Predictor.quantize_trunk: int8 static quantisation runs on the CPU; "
-                             f"device is {self.device}")
         with torch.no_grad():
             batches = [ImageBatch.from_images([test_input(as_rgb_array(im), self.transform)[0]]) for im in images]
             inputs = [self.model.preprocess(batch)[0] for batch in batches]
@@ -241,8 +238,6 @@ def load(checkpoint: str | os.PathLike, device: str | torch.device = "auto", ove
 
         if int8 or int8_in_fast(model):  # after the SVD: its factors are quantised too
             quantize_linear_layers(model)
-    if int8_trunk is not None and device.type != "cpu":
-        raise ValueError(f"detkit.load: int8_trunk quantises for the CPU; device is {device} (use device='cpu')")
     predictor = Predictor(model, ckpt["config"], ckpt["class_names"], category_ids=ckpt.get("category_ids"),
                           device=device, amp=amp, batch_size=batch_size)
     if int8_trunk is not None:

@@ -8,7 +8,8 @@ tensor, fixed beforehand by *calibration* — running the float trunk on a few r
 and recording each activation's range. Conv + batch norm + ReLU are fused first; the trunk takes
 and returns float32, so the RPN and region head around it are unchanged.
 
-``torch.ao.quantization``'s FX graph mode (``prepare_fx`` / ``convert_fx``, x86 backend) is the
+``torch.ao.quantization``'s FX graph mode (``prepare_fx`` / ``convert_fx``, with the default
+settings of torch's current quantised engine: ``x86`` on Intel and AMD CPUs) is the
 implementation torch ships; upstream it is deprecated in favour of ``torchao``, so its
 deprecation warnings are silenced here and a torch without it is named in the error. Layers it
 cannot quantise (detkit's local response normalisation) run in float between a dequantise and a
@@ -67,13 +68,11 @@ def quantize_trunk(model: nn.Module, calibration: Iterable[Tensor]) -> int:
     first = next(inputs, None)
     if first is None:
         raise ValueError("quantize_trunk: no calibration input (give a few preprocessed images)")
-    channels_last = first.is_contiguous(memory_format=torch.channels_last) and first.shape[1] > 1
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao's deprecation notices (torchao is the successor)
-        torch.backends.quantized.engine = "x86"
         try:
             graph = _without_identities(trunk)
-            prepared = prepare_fx(graph, get_default_qconfig_mapping("x86"), (first,),
+            prepared = prepare_fx(graph, get_default_qconfig_mapping(torch.backends.quantized.engine), (first,),
                                   prepare_custom_config=PrepareCustomConfig().set_non_traceable_module_classes(
                                       [LocalResponseNorm]))
         except Exception as e:  # torch.fx raises many types for untraceable Python control flow
@@ -83,8 +82,6 @@ def quantize_trunk(model: nn.Module, calibration: Iterable[Tensor]) -> int:
         for x in inputs:
             prepared(x)
         quantized = convert_fx(prepared)
-    if channels_last:
-        quantized.to(memory_format=torch.channels_last)
     model.backbone.trunk = quantized
     return _int8_convs(quantized)
 

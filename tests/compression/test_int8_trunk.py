@@ -101,7 +101,7 @@ def test_load_with_int8_trunk_keeps_the_best_detection(tmp_path):
     quantised = detkit.load(path, device="cpu", fast=True, int8_trunk=images[1:])
     assert _int8_convs(quantised.model.backbone.trunk) == ["ConvReLU2d"] * 5
     assert keeps_best_detection(plain(images[0]), quantised(images[0]))
-    with pytest.raises(ValueError, match="int8_trunk quantises for the CPU"):
+    with pytest.raises(ValueError, match="int8 static quantisation runs on the CPU"):
         detkit.load(path, device="meta", int8_trunk=images)
 
 
