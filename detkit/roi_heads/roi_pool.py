@@ -2,13 +2,21 @@
 
 ``mode="pool"`` is the paper's RoI max pooling (``torchvision.ops.roi_pool``: box corners rounded
 to feature cells, max over each of the ``S x S`` sub-windows); ``mode="align"`` is RoI Align
-(``torchvision.ops.roi_align``, bilinear sampling, no rounding) as an option.
+(``torchvision.ops.roi_align``, bilinear sampling, no rounding) as an option. When RoI Align
+needs a gradient on the CPU it is computed as two matrix products instead
+(:mod:`detkit.roi_heads.separable_roi_align`: the same values, a third of the training time).
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
 from torchvision.ops import roi_align, roi_pool
+
+from detkit.roi_heads.separable_roi_align import roi_align_separable
+
+# The separable RoI Align holds (RoIs per image * S, C * W) floats per image; past this (128 MB:
+# e.g. ResNet-101's 1024-channel 14x14 RoIs) torchvision's kernel is used.
+SEPARABLE_MAX_ELEMENTS = 2 ** 25
 
 
 class RoIPool(nn.Module):
@@ -56,8 +64,19 @@ class RoIPool(nn.Module):
                 rois = rois.to(features.dtype)
         if self.mode == "pool":
             return roi_pool(features, rois, self.output_size, self.spatial_scale)
+        if self._separable(features, rois):
+            return roi_align_separable(features, rois, self.output_size, self.spatial_scale, self.sampling_ratio)
         return roi_align(features, rois, self.output_size, self.spatial_scale,
                          sampling_ratio=self.sampling_ratio, aligned=True)
+
+    def _separable(self, features: Tensor, rois: Tensor) -> bool:
+        """RoI Align as matrix products: on the CPU, when a gradient is wanted (its forward alone is
+        not faster), for a fixed sampling ratio, and while its per-image product stays small."""
+        if features.device.type != "cpu" or not (features.requires_grad and torch.is_grad_enabled()):
+            return False
+        n, c, _, w = features.shape
+        per_image = (len(rois) / max(n, 1)) * self.output_size * c * w  # elements of (P*S, C*W)
+        return self.sampling_ratio > 0 and per_image <= SEPARABLE_MAX_ELEMENTS
 
     @staticmethod
     def _as_rows(rois: Tensor | list[Tensor], features: Tensor, *, owner: str = "RoIPool") -> Tensor:
