@@ -4,7 +4,8 @@
 to feature cells, max over each of the ``S x S`` sub-windows); ``mode="align"`` is RoI Align
 (``torchvision.ops.roi_align``, bilinear sampling, no rounding) as an option. When RoI Align
 needs a gradient on the CPU it is computed as two matrix products instead
-(:mod:`detkit.roi_heads.separable_roi_align`: the same values, a third of the training time).
+(:mod:`detkit.roi_heads.separable_roi_align`: the same values, forward and backward in a third
+of the time).
 """
 from __future__ import annotations
 
