@@ -215,6 +215,8 @@ def load(checkpoint: str | os.PathLike, device: str | torch.device = "auto", ove
     Raises:
         detkit.engine.checkpoint.CheckpointError: the file is missing, corrupt, not a detkit
             checkpoint, names code that is not a detkit builder, or does not fit its config.
+        ValueError: a speed option that does not apply (int8 off the CPU; ``int8_trunk`` off the
+            CPU, for R-CNN or for a trunk ``torch.fx`` cannot trace).
     """
     from detkit.engine.checkpoint import model_from_checkpoint
     from detkit.engine.distributed import resolve_device

@@ -5,7 +5,8 @@
 over ``n`` adjacent feature maps at each position: AlexNet and ZFNet after conv1 and conv2,
 GoogLeNet after its first pool and conv3. :class:`LocalResponseNorm` computes what
 ``torch.nn.LocalResponseNorm`` computes (same arguments, same zero padding at the first and last
-channels, equal up to float rounding) but sums the window of squares with a banded 1x1
+channels, equal up to float rounding; under CPU autocast the sum runs in the autocast dtype,
+where torch's pooling runs in float32) but sums the window of squares with a banded 1x1
 convolution, a channel-mixing matrix product oneDNN and cuDNN run as one GEMM. It is written by
 hand because ``torch.nn.functional.local_response_norm`` sums the window by average-pooling a 5-D
 view of the squares, which on a CPU took 4-5x as long (AlexNet-BN width 0.5 at 480x640, conv1's

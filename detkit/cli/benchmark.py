@@ -178,6 +178,8 @@ def _setup(args: argparse.Namespace) -> tuple[tuple[int, int], torch.device]:
         torch.set_num_threads(args.threads)
     if args.num_classes < 1:
         raise BenchmarkError(f"--num-classes must be >= 1, got {args.num_classes}")
+    if args.int8_trunk is not None and args.int8_trunk < 1:
+        raise BenchmarkError(f"--int8-trunk: N must be at least 1, got {args.int8_trunk}")
     return input_hw, device
 
 
@@ -348,15 +350,16 @@ def _quantize_trunk(model, args: argparse.Namespace, input_hw: tuple[int, int], 
     if args.mode != "infer" or device.type != "cpu":
         raise BenchmarkError("--int8-trunk is a test-time quantisation for the CPU: use it with --mode infer "
                              "--device cpu")
-    if args.int8_trunk < 1:
-        raise BenchmarkError(f"--int8-trunk: N must be at least 1, got {args.int8_trunk}")
     gen = torch.Generator().manual_seed(args.seed + 1)
     with torch.no_grad():
         inputs = [model.preprocess(random_batch(1, *input_hw, device=device, generator=gen))[0]
                   for _ in range(args.int8_trunk)]
-    convs = quantize_trunk(model, inputs)
+    try:
+        convs = quantize_trunk(model, inputs)
+    except (ValueError, RuntimeError) as e:
+        raise BenchmarkError(f"--int8-trunk: {e}") from None
     return (f"detkit's trunk in int8 (static quantisation): {convs} convolutions, calibrated on "
-            f"{args.int8_trunk} random image(s); torchvision's trunk float32")
+            f"{args.int8_trunk} random image(s)" + ("; torchvision's trunk float32" if args.compare else ""))
 
 
 def main(argv: list[str] | None = None) -> int:

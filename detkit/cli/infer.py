@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> dict:
     if not args.inputs and args.source is None:
         raise InferError("give images, folders or videos, or a camera with --source N")
     try:
-        predictor = load(args.checkpoint, args.device, args.override, svd=args.svd,
+        predictor = load(args.checkpoint, args.device, args.override, batch_size=args.batch_size, svd=args.svd,
                          fast=args.fast, int8=args.int8)  # a bad checkpoint is named first
     except (ValueError, RuntimeError) as e:
         for flag, source in (("svd", "compress_region_head"), ("int8", "quantize_linear_layers"), ("int8", "int8=True")):
@@ -137,8 +137,6 @@ def run(args: argparse.Namespace) -> dict:
 
 def _quantize_trunk(predictor, paths: list[Path], n: int) -> None:
     """``--int8-trunk N``: calibrate the int8 trunk on the first ``n`` readable input images."""
-    if n < 1:
-        raise InferError(f"--int8-trunk: N must be at least 1, got {n}")
     if predictor.device.type != "cpu":
         raise InferError(f"--int8-trunk quantises for the CPU; the device is {predictor.device} (use --device cpu)")
     images = []
@@ -147,17 +145,17 @@ def _quantize_trunk(predictor, paths: list[Path], n: int) -> None:
             break
         images += [im for _, im in _read([(i, path)])[0]]
     if not images:
-        raise InferError("--int8-trunk calibrates on the input images; none could be read")
+        raise InferError("--int8-trunk calibrates on the input images: give images (videos and cameras are not "
+                         "used for it)" + (f"; none of the {len(paths)} could be read" if paths else ""))
     try:
         convs = predictor.quantize_trunk(images)
-    except ValueError as e:
+    except (ValueError, RuntimeError) as e:
         raise InferError(f"--int8-trunk: {e}") from None
     print(f"--int8-trunk: {convs} convolutions in int8, calibrated on {len(images)} image(s)")
 
 
 def _images(predictor, paths: list[Path], out_dir: Path, args) -> dict:
-    """Pictures and detections.json for the images (the predict core, in batches)."""
-    from detkit.engine.inference import detect
+    """Pictures and detections.json for the images (the predictor, in batches)."""
     from detkit.utils.atomic import atomic_write_text
     from detkit.visualization.draw import draw_detections, save_image
 
@@ -170,13 +168,10 @@ def _images(predictor, paths: list[Path], out_dir: Path, args) -> dict:
             items, bad = _read(chunk)
             skipped += bad
             if items:
-                outputs = detect(predictor.model, [im for _, im in items], predictor.transform,
-                                 device=predictor.device, amp=predictor.amp)
-                for (i, image), det in zip(items, outputs):
-                    keep = det["scores"] >= args.score_threshold
-                    order = np.argsort(-det["scores"][keep], kind="stable")[: args.max_detections]
-                    boxes, scores = det["boxes"][keep][order], det["scores"][keep][order]
-                    labels = det["labels"][keep][order]
+                found = predictor([im for _, im in items], args.score_threshold)
+                for (i, image), det in zip(items, found):
+                    order = np.argsort(-det.scores, kind="stable")[: args.max_detections]
+                    boxes, scores, labels = det.boxes[order], det.scores[order], det.labels[order]
                     picture = draw_detections(image, boxes, labels, scores, predictor.class_names,
                                               score_threshold=args.score_threshold)
                     save_image(out_dir / out_names[i], picture)
@@ -232,6 +227,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.batch_size < 1 or args.max_detections < 1 or args.stride < 1:
         p.error("--batch-size, --max-detections and --stride must be at least 1")
+    if args.int8_trunk is not None and args.int8_trunk < 1:
+        p.error(f"--int8-trunk: N must be at least 1, got {args.int8_trunk}")
     return args
 
 

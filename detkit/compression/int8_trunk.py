@@ -32,8 +32,9 @@ def quantize_trunk(model: nn.Module, calibration: Iterable[Tensor]) -> int:
     """Replace ``model.backbone.trunk`` by an int8 version calibrated on ``calibration``; CPU only.
 
     Args:
-        model: a detector with ``backbone.trunk`` (Fast / Faster R-CNN, SPPNet, R-CNN), in eval
-            mode after this call; batch norms may be folded already (``fold_batch_norms``).
+        model: a detector with ``backbone.trunk`` run on whole images (Fast / Faster R-CNN,
+            SPPNet; not R-CNN, whose trunk sees warped regions), in eval mode after this call;
+            batch norms may be folded already (``fold_batch_norms``).
         calibration: trunk inputs, each ``(N, 3, H, W)`` float, normalised as the detector's
             ``preprocess`` returns them (``model.preprocess(batch)[0]``): a handful of real images
             of the kind the model will see (8-32 are typical).
@@ -42,14 +43,17 @@ def quantize_trunk(model: nn.Module, calibration: Iterable[Tensor]) -> int:
         the number of convolutions now running in int8.
 
     Raises:
-        ValueError: no ``backbone.trunk``, a trunk off the CPU, already quantised, not traceable
-            by ``torch.fx``, or no calibration input.
+        ValueError: no ``backbone.trunk``, R-CNN, a trunk off the CPU, already quantised, not
+            traceable by ``torch.fx``, or no calibration input.
         RuntimeError: this torch has no ``torch.ao.quantization`` FX graph mode.
     """
     trunk = getattr(getattr(model, "backbone", None), "trunk", None)
     name = type(model).__name__
     if not isinstance(trunk, nn.Module):
         raise ValueError(f"quantize_trunk: {name} has no backbone.trunk to quantise")
+    if getattr(model, "trunk_on_regions", False):
+        raise ValueError(f"quantize_trunk: {name}'s trunk runs on warped regions, not the whole images "
+                         "it would be calibrated on")
     if isinstance(trunk, torch.fx.GraphModule) and _int8_convs(trunk):
         raise ValueError(f"quantize_trunk: {name}'s trunk is already quantised")
     devices = {p.device.type for p in trunk.parameters()}
@@ -69,7 +73,10 @@ def quantize_trunk(model: nn.Module, calibration: Iterable[Tensor]) -> int:
     if first is None:
         raise ValueError("quantize_trunk: no calibration input (give a few preprocessed images)")
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.ao's deprecation notices (torchao is the successor)
+        # torch.ao's deprecation notices (torchao is the successor) and its observers' reduce_range note
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", message=".*reduce_range")
         try:
             graph = _without_identities(trunk)
             prepared = prepare_fx(graph, get_default_qconfig_mapping(torch.backends.quantized.engine), (first,),

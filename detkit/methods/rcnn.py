@@ -259,6 +259,9 @@ class RCNN(RegionDetector):
     # --fast leaves the fc layers in float: on R-CNN int8 measured 7 % slower (a small share of a
     # network run on whole warped regions, and each small batch pays its inputs' quantisation).
     fast_int8 = False
+    # The trunk runs on warped 227x227 regions, not whole images: an int8 trunk calibrated on
+    # whole images would fit the wrong activations (detkit.compression.quantize_trunk refuses).
+    trunk_on_regions = True
 
     def __init__(self, *, backbone: Backbone, num_classes: int, context: int = 16,
                  chunk_size: int | None = None, region_memory_mb: float | None = None, **kwargs) -> None:

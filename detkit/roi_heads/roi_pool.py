@@ -76,8 +76,8 @@ class RoIPool(nn.Module):
         if features.device.type != "cpu" or not (features.requires_grad and torch.is_grad_enabled()):
             return False
         n, c, _, w = features.shape
-        per_image = (len(rois) / max(n, 1)) * self.output_size * c * w  # elements of (P*S, C*W)
-        return self.sampling_ratio > 0 and per_image <= SEPARABLE_MAX_ELEMENTS
+        most = int(torch.bincount(rois[:, 0].long(), minlength=n).max()) if len(rois) else 0
+        return self.sampling_ratio > 0 and most * self.output_size * c * w <= SEPARABLE_MAX_ELEMENTS  # (P*S, C*W)
 
     @staticmethod
     def _as_rows(rois: Tensor | list[Tensor], features: Tensor, *, owner: str = "RoIPool") -> Tensor:

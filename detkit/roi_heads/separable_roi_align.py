@@ -30,7 +30,9 @@ from torch import Tensor
 def roi_align_separable(features: Tensor, rois: Tensor, output_size: int, spatial_scale: float,
                         sampling_ratio: int) -> Tensor:
     """RoI Align (``aligned=True``) of ``(R, 5)`` rows ``(image index, x1, y1, x2, y2)`` in image
-    pixels on ``(N, C, H, W)`` features -> ``(R, C, S, S)``, ``S = output_size``; float32 math.
+    pixels on ``(N, C, H, W)`` features -> ``(R, C, S, S)``, ``S = output_size``, in the features'
+    dtype (computed in float32, float64 for float64 features). No gradient reaches the boxes, as
+    in torchvision.
 
     Raises:
         ValueError: ``sampling_ratio`` is not positive (the adaptive count differs per region).
@@ -39,8 +41,10 @@ def roi_align_separable(features: Tensor, rois: Tensor, output_size: int, spatia
         raise ValueError(f"roi_align_separable: sampling_ratio must be positive, got {sampling_ratio}")
     n, c, h, w = features.shape
     s = int(output_size)
+    dtype = features.dtype
+    work = torch.float64 if dtype == torch.float64 else torch.float32
     with torch.autocast(features.device.type, enabled=False):  # keep torchvision's float32 sampling
-        features, rois = features.float(), rois.float()
+        features, rois = features.to(work), rois.detach().to(work)
         box = rois[:, 1:] * spatial_scale
         a_y = _axis_weights(box[:, 1] - 0.5, box[:, 3] - box[:, 1], h, s, sampling_ratio)  # (R, S, H)
         a_x = _axis_weights(box[:, 0] - 0.5, box[:, 2] - box[:, 0], w, s, sampling_ratio)  # (R, S, W)
@@ -54,7 +58,7 @@ def roi_align_separable(features: Tensor, rois: Tensor, output_size: int, spatia
             by_rows = (a_y[idx].reshape(-1, h) @ rows[i]).view(len(idx), s * c, w)  # (P, S*C, W)
             pooled = torch.bmm(by_rows, a_x[idx].transpose(1, 2))  # (P, S*C, S)
             out[idx] = pooled.view(len(idx), s, c, s).transpose(1, 2)
-    return out
+    return out.to(dtype)
 
 
 def _axis_weights(start: Tensor, length: Tensor, size: int, bins: int, samples: int) -> Tensor:
@@ -64,7 +68,7 @@ def _axis_weights(start: Tensor, length: Tensor, size: int, bins: int, samples: 
     offset = (torch.arange(samples, dtype=start.dtype, device=start.device)[None, :] + 0.5) / samples
     p = start[:, None, None] + (step + offset)[None] * (length / bins)[:, None, None]  # (R, bins, samples)
     inside = ((p >= -1.0) & (p <= size)).to(p.dtype)
-    p = p.clamp(min=0)
+    p = p.clamp(0, size)  # outside points weigh 0 anyway; the upper bound keeps inf * 0 from making NaN
     low = p.floor().clamp(max=size - 1)
     high = (low + 1).clamp(max=size - 1)  # past the last cell both corners are it: its weight is 1
     frac = p - low  # the high corner's weight
